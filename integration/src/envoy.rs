@@ -1,0 +1,588 @@
+//! Runs real Envoy for tests: in Docker (`--network host`) or as a native
+//! process, from a config template.
+//!
+//! Every port is 0 in the templates: Envoy picks free ports itself, writes the
+//! admin address to `--admin-address-path`, and the listeners' addresses are
+//! read back from the admin `/listeners` endpoint. No port is ever guessed, so
+//! tests can run in parallel.
+//!
+//! Clean-up is tied to [`Envoy`]'s `Drop`: the process is killed, the
+//! container removed (also when a test panics). Native processes also get
+//! `PR_SET_PDEATHSIG`, so a killed test binary takes Envoy with it; containers
+//! carry the label [`CONTAINER_LABEL`] for a final sweep by `make test`.
+
+use crate::paths;
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// Label on every container the harness starts.
+pub const CONTAINER_LABEL: &str = "org.switchyard.harness";
+/// Where wasm modules are mounted inside the container, and the prefix the
+/// ready-made snippets in `envoy-configs/` use.
+pub const CONTAINER_WASM_DIR: &str = "/etc/switchyard/wasm";
+
+/// How Envoy is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// `docker run --network host <image>`.
+    Docker { image: String },
+    /// The Envoy binary as a child process.
+    Native { binary: PathBuf },
+}
+
+impl Runtime {
+    /// `SWITCHYARD_ENVOY_RUNTIME=docker|native`; unset means Docker when a
+    /// daemon answers and the set-up recorded an image, else native.
+    pub fn from_env() -> Result<Runtime> {
+        match std::env::var("SWITCHYARD_ENVOY_RUNTIME").as_deref() {
+            Ok("docker") => Runtime::docker(),
+            Ok("native") => Runtime::native(),
+            Ok(other) => bail!("SWITCHYARD_ENVOY_RUNTIME must be docker or native, not {other:?}"),
+            Err(_) => Runtime::docker().or_else(|_| Runtime::native()),
+        }
+    }
+
+    /// Docker with `SWITCHYARD_ENVOY_IMAGE` when that image is present, else
+    /// the image `scripts/setup-docker.sh` built or chose.
+    pub fn docker() -> Result<Runtime> {
+        if !docker_answers() {
+            bail!(
+                "no Docker daemon answers (`docker info` failed); scripts/setup-docker.sh starts one"
+            );
+        }
+        if let Ok(image) = std::env::var("SWITCHYARD_ENVOY_IMAGE")
+            && docker_image_present(&image)
+        {
+            return Ok(Runtime::Docker { image });
+        }
+        let image = paths::setup_record("envoy-image")?;
+        if !docker_image_present(&image) {
+            bail!(
+                "image {image} recorded in build/envoy-image is gone; rerun scripts/setup-docker.sh"
+            );
+        }
+        Ok(Runtime::Docker { image })
+    }
+
+    /// The binary from `SWITCHYARD_ENVOY_BINARY`, else the one the set-up
+    /// installed (`build/envoy-path`).
+    pub fn native() -> Result<Runtime> {
+        let binary = match std::env::var_os("SWITCHYARD_ENVOY_BINARY") {
+            Some(b) => PathBuf::from(b),
+            None => PathBuf::from(paths::setup_record("envoy-path")?),
+        };
+        if !binary.is_file() {
+            bail!("no Envoy binary at {}", binary.display());
+        }
+        Ok(Runtime::Native { binary })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runtime::Docker { .. } => "docker",
+            Runtime::Native { .. } => "native",
+        }
+    }
+
+    /// The wasm directory as Envoy sees it.
+    fn wasm_dir(&self) -> PathBuf {
+        match self {
+            Runtime::Docker { .. } => PathBuf::from(CONTAINER_WASM_DIR),
+            Runtime::Native { .. } => paths::wasm_dir(),
+        }
+    }
+}
+
+fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn docker_image_present(image: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Why Envoy did not come up. The message carries Envoy's own words.
+#[derive(Debug)]
+pub struct EnvoyError {
+    pub summary: String,
+    /// The tail of Envoy's log (its error lines are there).
+    pub log: String,
+}
+
+impl fmt::Display for EnvoyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}\n--- envoy log (tail) ---\n{}",
+            self.summary, self.log
+        )
+    }
+}
+
+impl std::error::Error for EnvoyError {}
+
+/// Builds and starts an [`Envoy`].
+///
+/// The template is a full envoy.yaml rendered with minijinja (undefined
+/// variables are errors). Always-present variables: `wasm_dir` (where the
+/// modules are, as Envoy sees it) and `run_dir` (a scratch directory shared
+/// with Envoy). Use `port_value: 0` for the admin and every listener.
+pub struct EnvoyBuilder {
+    runtime: Runtime,
+    template: String,
+    vars: BTreeMap<String, serde_json::Value>,
+    concurrency: u32,
+    log_level: String,
+    component_log_level: Option<String>,
+    startup_timeout: Duration,
+    keep_failed_runs: bool,
+}
+
+impl EnvoyBuilder {
+    pub fn new(runtime: Runtime, template: impl Into<String>) -> Self {
+        EnvoyBuilder {
+            runtime,
+            template: template.into(),
+            vars: BTreeMap::new(),
+            concurrency: 1,
+            log_level: "info".into(),
+            component_log_level: None,
+            startup_timeout: Duration::from_secs(60),
+            keep_failed_runs: true,
+        }
+    }
+
+    pub fn from_file(runtime: Runtime, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let template = std::fs::read_to_string(path)
+            .with_context(|| format!("reading Envoy template {}", path.display()))?;
+        Ok(EnvoyBuilder::new(runtime, template))
+    }
+
+    /// A template variable (anything serde can serialise).
+    pub fn var(mut self, name: &str, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.vars.insert(name.to_string(), value);
+        self
+    }
+
+    /// Worker threads (`--concurrency`).
+    pub fn concurrency(mut self, workers: u32) -> Self {
+        self.concurrency = workers;
+        self
+    }
+
+    /// `-l`; e.g. "debug".
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
+    }
+
+    /// `--component-log-level`, e.g. "wasm:debug".
+    pub fn component_log_level(mut self, spec: &str) -> Self {
+        self.component_log_level = Some(spec.to_string());
+        self
+    }
+
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Whether a failed start keeps its run directory (default: yes, for a
+    /// post-mortem; tests that expect the failure turn it off).
+    pub fn keep_failed_runs(mut self, keep: bool) -> Self {
+        self.keep_failed_runs = keep;
+        self
+    }
+
+    fn render(&self, run_dir: &Path) -> Result<String> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // minijinja JSON-escapes everything in `.yaml` templates by default;
+        // templates quote explicitly (`| tojson`) where they need it.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.add_template("envoy.yaml", &self.template)
+            .context("parsing the Envoy config template")?;
+        let mut vars = self.vars.clone();
+        vars.insert(
+            "wasm_dir".into(),
+            self.runtime.wasm_dir().display().to_string().into(),
+        );
+        vars.insert("run_dir".into(), run_dir.display().to_string().into());
+        env.get_template("envoy.yaml")
+            .and_then(|t| t.render(&vars))
+            .context("rendering the Envoy config template")
+    }
+
+    /// Renders the config and runs `envoy --mode validate` on it.
+    pub async fn validate(self) -> Result<(), EnvoyError> {
+        let run = RunDir::new().map_err(setup_error)?;
+        let config = self.render(run.path()).map_err(setup_error)?;
+        run.write("envoy.yaml", &config).map_err(setup_error)?;
+        let args = vec![
+            "--mode".to_string(),
+            "validate".into(),
+            "-c".into(),
+            run.file("envoy.yaml"),
+            "-l".into(),
+            "warning".into(),
+        ];
+        let (mut child, _container) = spawn(&self.runtime, &run, &args).map_err(setup_error)?;
+        let status = child.wait().await.map_err(|e| setup_error(e.into()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(EnvoyError {
+                summary: format!("envoy --mode validate rejected the config ({status})"),
+                log: run.log_tail(60),
+            })
+        }
+    }
+
+    /// Starts Envoy and waits until the admin `/ready` answers 200.
+    pub async fn start(self) -> Result<Envoy, EnvoyError> {
+        let run = RunDir::new().map_err(setup_error)?;
+        let config = self.render(run.path()).map_err(setup_error)?;
+        run.write("envoy.yaml", &config).map_err(setup_error)?;
+        let mut args = vec![
+            "-c".to_string(),
+            run.file("envoy.yaml"),
+            "--admin-address-path".into(),
+            run.file("admin-address"),
+            // Hot restart shares memory by base id: parallel Envoys would collide.
+            "--disable-hot-restart".into(),
+            "--concurrency".into(),
+            self.concurrency.to_string(),
+            "-l".into(),
+            self.log_level.clone(),
+        ];
+        if let Some(spec) = &self.component_log_level {
+            args.push("--component-log-level".into());
+            args.push(spec.clone());
+        }
+        let (child, container) = spawn(&self.runtime, &run, &args).map_err(setup_error)?;
+        let mut envoy = Envoy {
+            runtime: self.runtime,
+            child,
+            container,
+            run,
+            admin: None,
+            listeners: BTreeMap::new(),
+            config,
+            keep_failed_runs: self.keep_failed_runs,
+        };
+        envoy.wait_ready(self.startup_timeout).await?;
+        Ok(envoy)
+    }
+}
+
+fn setup_error(e: anyhow::Error) -> EnvoyError {
+    EnvoyError {
+        summary: format!("could not start Envoy: {e:#}"),
+        log: String::new(),
+    }
+}
+
+/// A scratch directory Envoy can read and write in either runtime.
+struct RunDir {
+    dir: tempfile::TempDir,
+}
+
+/// Envoy's error lines (critical/error level), the heart of a failure.
+fn error_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("][critical][") || l.contains("][error]["))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl RunDir {
+    fn new() -> Result<RunDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-envoy-")
+            .tempdir()
+            .context("creating Envoy's run directory")?;
+        // The official image runs Envoy as uid 101: let it write here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        Ok(RunDir { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<()> {
+        std::fs::write(self.dir.path().join(name), text).with_context(|| format!("writing {name}"))
+    }
+
+    fn log(&self) -> String {
+        let bytes = std::fs::read(self.dir.path().join("envoy.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Keeps the directory (config, log) for a post-mortem.
+    fn keep(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+static CONTAINER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Starts Envoy with `args`; stdout and stderr go to `run_dir/envoy.log`.
+fn spawn(runtime: &Runtime, run: &RunDir, args: &[String]) -> Result<(Child, Option<String>)> {
+    let log = std::fs::File::create(run.path().join("envoy.log"))?;
+    let log_err = log.try_clone()?;
+    let (mut cmd, container) = match runtime {
+        Runtime::Native { binary } => {
+            let mut cmd = Command::new(binary);
+            cmd.args(args);
+            // Envoy dies with the test process even when it is killed hard.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            (cmd, None)
+        }
+        Runtime::Docker { image } => {
+            let name = format!(
+                "switchyard-envoy-{}-{}",
+                std::process::id(),
+                CONTAINER_SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            let run_dir = run.path().display().to_string();
+            let wasm = paths::wasm_dir();
+            std::fs::create_dir_all(&wasm)?;
+            let mut cmd = Command::new("docker");
+            cmd.args(["run", "--rm", "--name", &name, "--network", "host"])
+                .args(["--label", &format!("{CONTAINER_LABEL}=1")])
+                .args(["-v", &format!("{run_dir}:{run_dir}")])
+                .args(["-v", &format!("{}:{CONTAINER_WASM_DIR}:ro", wasm.display())])
+                .arg(image)
+                .args(args);
+            (cmd, Some(name))
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("spawning Envoy ({})", runtime.name()))?;
+    Ok((child, container))
+}
+
+/// A running Envoy. Dropping it stops Envoy and removes its container.
+pub struct Envoy {
+    runtime: Runtime,
+    child: Child,
+    container: Option<String>,
+    run: RunDir,
+    admin: Option<SocketAddr>,
+    listeners: BTreeMap<String, SocketAddr>,
+    config: String,
+    keep_failed_runs: bool,
+}
+
+impl Envoy {
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), EnvoyError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the log writer a moment: the reason is its last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let what = format!(
+                    "Envoy ({}) exited during start-up with {status}",
+                    self.runtime.name()
+                );
+                return Err(self.failure(what));
+            }
+            if self.admin.is_none() {
+                self.admin = read_admin_address(&self.run.file("admin-address"));
+            }
+            if let Some(admin) = self.admin
+                && let Ok(resp) = crate::traffic::get(admin, "admin", "/ready", &[]).await
+                && resp.status == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let what = format!(
+                    "Envoy ({}) not ready after {timeout:?}",
+                    self.runtime.name()
+                );
+                return Err(self.failure(what));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.listeners = self.read_listeners().await.map_err(|e| EnvoyError {
+            summary: format!("reading Envoy's listeners: {e:#}"),
+            log: self.run.log_tail(20),
+        })?;
+        Ok(())
+    }
+
+    /// An error carrying Envoy's own error lines; the run directory (rendered
+    /// config and full log) is kept and named for a post-mortem.
+    fn failure(&mut self, what: String) -> EnvoyError {
+        let log = self.run.log();
+        let kept = if self.keep_failed_runs {
+            format!(
+                "\n(config and full log kept in {})",
+                self.run.keep().display()
+            )
+        } else {
+            String::new()
+        };
+        EnvoyError {
+            summary: format!("{what}\n{}{kept}", error_lines(&log)),
+            log: self.run.log_tail(30),
+        }
+    }
+
+    async fn read_listeners(&self) -> Result<BTreeMap<String, SocketAddr>> {
+        let body = self.admin_get("/listeners?format=json").await?;
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        let mut out = BTreeMap::new();
+        for l in doc["listener_statuses"].as_array().into_iter().flatten() {
+            let name = l["name"].as_str().unwrap_or_default().to_string();
+            let sock = &l["local_address"]["socket_address"];
+            if let (Some(ip), Some(port)) = (sock["address"].as_str(), sock["port_value"].as_u64())
+            {
+                out.insert(name, format!("{ip}:{port}").parse()?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The admin interface address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        // invariant: wait_ready only returns Ok once the admin address is known.
+        self.admin
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The address Envoy bound for listener `name`.
+    pub fn listener(&self, name: &str) -> Result<SocketAddr> {
+        self.listeners.get(name).copied().ok_or_else(|| {
+            anyhow!(
+                "Envoy has no listener {name:?} (has: {:?})",
+                self.listeners.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// The container's name (Docker runtime only).
+    pub fn container_name(&self) -> Option<&str> {
+        self.container.as_deref()
+    }
+
+    /// The rendered envoy.yaml.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// GET on the admin interface; the body on 200, an error otherwise.
+    pub async fn admin_get(&self, path: &str) -> Result<String> {
+        let resp = crate::traffic::get(self.admin_addr(), "admin", path, &[]).await?;
+        if resp.status != 200 {
+            bail!("admin {path}: status {}", resp.status);
+        }
+        Ok(String::from_utf8_lossy(&resp.body).into_owned())
+    }
+
+    /// Counters and gauges from `/stats?format=json`, by name.
+    pub async fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        let body = self.admin_get("/stats?format=json").await?;
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        let mut out = BTreeMap::new();
+        for s in doc["stats"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(value)) = (s["name"].as_str(), s["value"].as_u64()) {
+                out.insert(name.to_string(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One counter or gauge; `None` when Envoy does not have it.
+    pub async fn stat(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.stats().await?.get(name).copied())
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn logs(&self) -> String {
+        self.run.log()
+    }
+
+    /// Stops Envoy now (what `Drop` does, made explicit).
+    pub fn stop(self) {}
+
+    fn cleanup(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(name) = self.container.take() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- envoy ({}) log tail ---\n{}",
+                self.runtime.name(),
+                self.run.log_tail(40)
+            );
+        }
+        self.cleanup();
+    }
+}
+
+fn read_admin_address(path: &str) -> Option<SocketAddr> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
