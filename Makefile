@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test validate-configs integration-test test demo sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo sweep clean
 
 all: build
 
@@ -30,6 +30,13 @@ lint:
 unit-test:
 	$(CARGO) test --workspace --lib --bins
 
+## wasm-test: the SDK's pure logic as wasm-bindgen tests on wasm32 under node.
+wasm-test:
+	@scripts/setup-wasm-test.sh
+	@CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  $(CARGO) test -p switchyard-sdk --no-default-features --target wasm32-unknown-unknown 2>&1 | tee build/wasm-test.log
+	@echo "wasm32 (wasm-bindgen-test under node): $$(grep -Eo '[0-9]+ passed' build/wasm-test.log | awk '{s+=$$1} END {print s+0}') tests passed"
+
 ## validate-configs: `envoy --mode validate` on every envoy-configs/*.yaml.
 validate-configs: build
 	@scripts/validate-configs.sh
@@ -40,7 +47,7 @@ integration-test: build
 	  $(MAKE) --no-print-directory sweep; exit $$status
 
 ## test: everything CI runs.
-test: setup build lint unit-test validate-configs integration-test
+test: setup build lint unit-test wasm-test validate-configs integration-test
 	@echo "make test: all stages passed"
 
 ## demo: Envoy (Docker when available) with the filters, backends and traffic.

@@ -90,7 +90,7 @@ async fn demo(runtime: Runtime, duration: Duration, concurrency: usize) -> Resul
         .collect();
     let template = paths::workspace_root().join("integration/templates/fixture.yaml");
     let envoy = EnvoyBuilder::from_file(runtime, template)?
-        .var("fixture_config", "switchyard-demo")
+        .var("fixture_config", r#"{"stamp": "switchyard-demo"}"#)
         .var("backends", endpoints)
         .concurrency(2)
         .start()

@@ -14,7 +14,7 @@ async fn start_with_fixture(runtime: Runtime, stamp: &str, backend: &Backend) ->
     paths::wasm_module("switchyard-fixture-filter").expect("fixture module built");
     let addr = backend.addr();
     EnvoyBuilder::new(runtime, TEMPLATE)
-        .var("fixture_config", stamp)
+        .var("fixture_config", fixture_config(stamp))
         .var(
             "backends",
             vec![serde_json::json!({"ip": addr.ip().to_string(), "port": addr.port()})],
@@ -23,6 +23,30 @@ async fn start_with_fixture(runtime: Runtime, stamp: &str, backend: &Backend) ->
         .start()
         .await
         .unwrap_or_else(|e| panic!("Envoy did not start: {e}"))
+}
+
+fn fixture_config(stamp: &str) -> String {
+    serde_json::json!({ "stamp": stamp }).to_string()
+}
+
+fn backends_var(backend: &Backend) -> Vec<serde_json::Value> {
+    let addr = backend.addr();
+    vec![serde_json::json!({"ip": addr.ip().to_string(), "port": addr.port()})]
+}
+
+/// Starts Envoy with a fixture configuration that must be refused; returns
+/// the error text.
+async fn refused(config: &str) -> String {
+    let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
+    let err = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
+        .var("fixture_config", config)
+        .var("backends", backends_var(&backend))
+        .keep_failed_runs(false)
+        .start()
+        .await
+        .err()
+        .expect("Envoy must refuse a plugin whose on_configure fails");
+    err.to_string()
 }
 
 /// One request through Envoy: the filter stamped the response with its
@@ -99,13 +123,9 @@ async fn broken_config_fails_with_envoys_own_message() {
         "connect_timeout: 1s\n    no_such_field: 3",
     );
     let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
-    let addr = backend.addr();
     let err = EnvoyBuilder::new(runtime, broken)
-        .var("fixture_config", "x")
-        .var(
-            "backends",
-            vec![serde_json::json!({"ip": addr.ip().to_string(), "port": addr.port()})],
-        )
+        .var("fixture_config", fixture_config("x"))
+        .var("backends", backends_var(&backend))
         .keep_failed_runs(false)
         .start()
         .await
@@ -119,28 +139,16 @@ async fn broken_config_fails_with_envoys_own_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filter_that_refuses_its_config_stops_envoy() {
-    // The fixture accepts 1..=256 bytes; an empty configuration is refused by
-    // on_configure, and Envoy must refuse to start rather than serve without it.
-    let runtime = Runtime::from_env().unwrap();
-    let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
-    let addr = backend.addr();
-    let err = EnvoyBuilder::new(runtime, TEMPLATE)
-        .var("fixture_config", "")
-        .var(
-            "backends",
-            vec![serde_json::json!({"ip": addr.ip().to_string(), "port": addr.port()})],
-        )
-        .keep_failed_runs(false)
-        .start()
-        .await
-        .err()
-        .expect("Envoy must refuse a plugin whose on_configure fails");
-    let text = err.to_string();
+async fn invalid_plugin_config_is_refused_and_envoy_names_the_field() {
+    let text = refused(r#"{"stamp": ""}"#).await;
     assert!(
-        text.contains("configuration must be 1..=256 bytes"),
+        text.contains("fixture: invalid configuration: stamp: must not be empty"),
         "{text}"
     );
+    let text = refused(r#"{"stmp": "x"}"#).await;
+    assert!(text.contains("unknown field `stmp`"), "{text}");
+    let text = refused(r#"{"stamp": 7}"#).await;
+    assert!(text.contains("stamp: invalid type: integer `7`"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,8 @@ pub fn ensure(ok: bool, path: &str, message: &str) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
     use serde::Deserialize;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields, default)]

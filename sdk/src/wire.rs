@@ -65,6 +65,8 @@ pub fn encode_path(path: &[&str]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn map_round_trip_keeps_arbitrary_value_bytes() {
