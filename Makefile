@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench new-filter sweep clean
 
 all: build
 
@@ -26,15 +26,18 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@scripts/clippy-wasm.sh
 
-## unit-test: host unit tests (SDK, filters' pure logic, harness pieces).
+## unit-test: host tests without Envoy: SDK, emulator, filters (pure logic and
+## emulator tests), harness pieces; then the filter template's own check.
 unit-test:
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --exclude switchyard-integration
+	$(CARGO) test -p switchyard-integration --lib --bins
+	@scripts/check-template.sh
 
 ## wasm-test: the SDK's pure logic as wasm-bindgen tests on wasm32 under node.
 wasm-test:
 	@scripts/setup-wasm-test.sh
 	@CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  $(CARGO) test -p switchyard-sdk --no-default-features --target wasm32-unknown-unknown 2>&1 | tee build/wasm-test.log
+	  $(CARGO) test -p switchyard-sdk --lib --no-default-features --target wasm32-unknown-unknown 2>&1 | tee build/wasm-test.log
 	@echo "wasm32 (wasm-bindgen-test under node): $$(grep -Eo '[0-9]+ passed' build/wasm-test.log | awk '{s+=$$1} END {print s+0}') tests passed"
 
 ## validate-configs: `envoy --mode validate` on every envoy-configs/*.yaml.
@@ -53,6 +56,17 @@ test: setup build lint unit-test wasm-test validate-configs integration-test
 ## demo: Envoy (Docker when available) with the filters, backends and traffic.
 demo: setup build
 	$(CARGO) run -q -p switchyard-integration --bin switchyard-harness -- demo
+
+## bench: every filter vs no filter and vs native Envoy, as ratios (see BENCHMARKS.md).
+## Envoy is pinned to core 0, the harness (wrk, backend, latency client) to the rest.
+bench: setup build
+	@command -v wrk >/dev/null || { . scripts/lib.sh; apt_install wrk; }
+	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
+	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --envoy-cpu 0 $(BENCH_ARGS)
+
+## new-filter NAME=my-filter: a new filter crate from the template (builds to wasm, has an emulator test).
+new-filter:
+	@scripts/new-filter.sh "$(NAME)"
 
 ## sweep: remove any container the harness left behind (a killed test run).
 sweep:

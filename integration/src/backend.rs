@@ -370,6 +370,13 @@ pub enum Latency {
         min: Duration,
         max: Duration,
     },
+    /// Log-normal with this median and 99th percentile: most requests are
+    /// quick, a few are much slower (the shape real services have). Draws
+    /// are capped at 10 × `p99`.
+    LogNormal {
+        p50: Duration,
+        p99: Duration,
+    },
 }
 
 impl Default for Latency {
@@ -399,6 +406,21 @@ impl Latency {
                 let lo_ns = u64::try_from(lo.as_nanos()).unwrap_or(u64::MAX);
                 let hi_ns = u64::try_from(hi.as_nanos()).unwrap_or(u64::MAX);
                 Duration::from_nanos(rand::rng().random_range(lo_ns..=hi_ns))
+            }
+            Latency::LogNormal { p50, p99 } => {
+                let median = p50.as_secs_f64();
+                if median <= 0.0 || p99 <= p50 {
+                    return p50;
+                }
+                // z of the 99th percentile of the standard normal.
+                let sigma = (p99.as_secs_f64() / median).ln() / 2.326_347_874;
+                // Box-Muller; u1 in (0, 1] keeps ln finite.
+                let mut rng = rand::rng();
+                let u1: f64 = 1.0 - rng.random::<f64>();
+                let u2: f64 = rng.random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                let cap = p99.as_secs_f64() * 10.0;
+                Duration::from_secs_f64((median * (sigma * z).exp()).min(cap))
             }
         }
     }
@@ -1085,6 +1107,22 @@ mod tests {
             assert!(d >= Duration::from_millis(5) && d <= Duration::from_millis(10));
         }
         assert_eq!(Latency::ms(3).sample(), Duration::from_millis(3));
+        let ln = Latency::LogNormal {
+            p50: Duration::from_millis(10),
+            p99: Duration::from_millis(50),
+        };
+        let mut draws: Vec<Duration> = (0..20_000).map(|_| ln.sample()).collect();
+        draws.sort();
+        let (p50, p99) = (draws[10_000], draws[19_800]);
+        assert!(
+            p50 > Duration::from_millis(9) && p50 < Duration::from_millis(11),
+            "{p50:?}"
+        );
+        assert!(
+            p99 > Duration::from_millis(40) && p99 < Duration::from_millis(62),
+            "{p99:?}"
+        );
+        assert!(draws[19_999] <= Duration::from_millis(500));
 
         let mut k = Knobs {
             latency: Latency::default(),

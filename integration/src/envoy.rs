@@ -156,6 +156,8 @@ pub struct EnvoyBuilder {
     component_log_level: Option<String>,
     startup_timeout: Duration,
     keep_failed_runs: bool,
+    cpus: Option<Vec<usize>>,
+    partials: BTreeMap<String, String>,
 }
 
 impl EnvoyBuilder {
@@ -169,6 +171,8 @@ impl EnvoyBuilder {
             component_log_level: None,
             startup_timeout: Duration::from_secs(60),
             keep_failed_runs: true,
+            cpus: None,
+            partials: BTreeMap::new(),
         }
     }
 
@@ -209,6 +213,21 @@ impl EnvoyBuilder {
         self
     }
 
+    /// A named template fragment the main template can `{% include %}`; it
+    /// is rendered with the same variables. The variable `partials` lists
+    /// the names given, so a template can include optional fragments.
+    pub fn partial(mut self, name: &str, template: impl Into<String>) -> Self {
+        self.partials.insert(name.to_string(), template.into());
+        self
+    }
+
+    /// Pins Envoy to these CPUs (benchmarks keep Envoy and the load
+    /// generator on different cores).
+    pub fn cpus(mut self, cpus: &[usize]) -> Self {
+        self.cpus = Some(cpus.to_vec());
+        self
+    }
+
     /// Whether a failed start keeps its run directory (default: yes, for a
     /// post-mortem; tests that expect the failure turn it off).
     pub fn keep_failed_runs(mut self, keep: bool) -> Self {
@@ -224,7 +243,15 @@ impl EnvoyBuilder {
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.add_template("envoy.yaml", &self.template)
             .context("parsing the Envoy config template")?;
+        for (name, text) in &self.partials {
+            env.add_template(name, text)
+                .with_context(|| format!("parsing template fragment {name:?}"))?;
+        }
         let mut vars = self.vars.clone();
+        vars.insert(
+            "partials".into(),
+            serde_json::to_value(self.partials.keys().collect::<Vec<_>>())?,
+        );
         vars.insert(
             "wasm_dir".into(),
             self.runtime.wasm_dir().display().to_string().into(),
@@ -248,7 +275,8 @@ impl EnvoyBuilder {
             "-l".into(),
             "warning".into(),
         ];
-        let (mut child, _container) = spawn(&self.runtime, &run, &args).map_err(setup_error)?;
+        let (mut child, _container) =
+            spawn(&self.runtime, &run, &args, None).map_err(setup_error)?;
         let status = child.wait().await.map_err(|e| setup_error(e.into()))?;
         if status.success() {
             Ok(())
@@ -281,7 +309,8 @@ impl EnvoyBuilder {
             args.push("--component-log-level".into());
             args.push(spec.clone());
         }
-        let (child, container) = spawn(&self.runtime, &run, &args).map_err(setup_error)?;
+        let (child, container) =
+            spawn(&self.runtime, &run, &args, self.cpus.as_deref()).map_err(setup_error)?;
         let mut envoy = Envoy {
             runtime: self.runtime,
             child,
@@ -362,18 +391,33 @@ impl RunDir {
 static CONTAINER_SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Starts Envoy with `args`; stdout and stderr go to `run_dir/envoy.log`.
-fn spawn(runtime: &Runtime, run: &RunDir, args: &[String]) -> Result<(Child, Option<String>)> {
+fn spawn(
+    runtime: &Runtime,
+    run: &RunDir,
+    args: &[String],
+    cpus: Option<&[usize]>,
+) -> Result<(Child, Option<String>)> {
     let log = std::fs::File::create(run.path().join("envoy.log"))?;
     let log_err = log.try_clone()?;
     let (mut cmd, container) = match runtime {
         Runtime::Native { binary } => {
             let mut cmd = Command::new(binary);
             cmd.args(args);
+            let cpus = cpus.map(<[usize]>::to_vec);
             // Envoy dies with the test process even when it is killed hard.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(cpus) = &cpus {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        for &c in cpus {
+                            libc::CPU_SET(c, &mut set);
+                        }
+                        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -392,6 +436,10 @@ fn spawn(runtime: &Runtime, run: &RunDir, args: &[String]) -> Result<(Child, Opt
             let mut cmd = Command::new("docker");
             cmd.args(["run", "--rm", "--name", &name, "--network", "host"])
                 .args(["--label", &format!("{CONTAINER_LABEL}=1")])
+                .args(cpus.map(|c| {
+                    let list: Vec<String> = c.iter().map(usize::to_string).collect();
+                    format!("--cpuset-cpus={}", list.join(","))
+                }))
                 .args(["-v", &format!("{run_dir}:{run_dir}")])
                 .args(["-v", &format!("{}:{CONTAINER_WASM_DIR}:ro", wasm.display())])
                 .arg(image)
@@ -511,6 +559,44 @@ impl Envoy {
                 self.listeners.keys().collect::<Vec<_>>()
             )
         })
+    }
+
+    /// Envoy's process id as the host sees it.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.container {
+            None => self.child.id(),
+            Some(name) => {
+                let out = std::process::Command::new("docker")
+                    .args(["inspect", "-f", "{{.State.Pid}}", name])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+            }
+        }
+    }
+
+    /// CPU time Envoy has used so far (user + system, all threads).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.pid().ok_or_else(|| anyhow!("Envoy has no pid"))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 12th and 13th of those (fields 14 and 15 of the whole line).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("unreadable /proc/{pid}/stat"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_nanos(
+            ticks.saturating_mul(1_000_000_000) / hz,
+        ))
     }
 
     /// The container's name (Docker runtime only).

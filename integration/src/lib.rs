@@ -4,10 +4,20 @@
 //!   process, wait until ready, read stats and logs, always clean up.
 //! - [`backend`]: loopback HTTP backends with configurable latency, errors and
 //!   capacity that report their load in Envoy's ORCA formats.
+//! - [`discovery`]: a scripted server: endpoint-discovery source and an
+//!   upstream with byte-exact (e.g. malformed) headers, restartable on its port.
 //! - [`traffic`]: a traffic driver that returns status, backend and latency
 //!   distributions.
+//! - [`rls`]: a rate limit service (Envoy RLS gRPC API) with fixed-window
+//!   counting.
 
 pub mod backend;
+pub mod bench;
+pub mod collector;
+pub mod control;
+pub mod discovery;
 pub mod envoy;
 pub mod paths;
+pub mod replay;
+pub mod rls;
 pub mod traffic;

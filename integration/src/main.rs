@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use switchyard_integration::backend::{BackendSet, BackendSpec, OrcaFormat};
+use switchyard_integration::bench;
 use switchyard_integration::envoy::{EnvoyBuilder, Runtime};
 use switchyard_integration::paths;
 use switchyard_integration::traffic::{self, Load, RequestSpec, Traffic};
@@ -36,6 +37,21 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Every variant against no filter and native Envoy, as ratios.
+    Bench {
+        /// Interleaved rounds per variant.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of closed-loop load per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where the JSON and markdown results go.
+        #[arg(long, default_value = "results")]
+        out: std::path::PathBuf,
+        /// Core to pin Envoy to (run the harness on another one).
+        #[arg(long, default_value_t = 0)]
+        envoy_cpu: usize,
+    },
 }
 
 fn runtime_from(arg: Option<String>) -> Result<Runtime> {
@@ -62,7 +78,25 @@ async fn main() -> Result<()> {
             )
             .await
         }
+        Command::Bench {
+            rounds,
+            seconds,
+            out,
+            envoy_cpu,
+        } => {
+            let cfg = bench::BenchConfig {
+                rounds,
+                duration: Duration::from_secs(seconds),
+                envoy_cpu,
+                ..bench::BenchConfig::default()
+            };
+            bench_main(&cfg, &out).await
+        }
     }
+}
+
+async fn bench_main(cfg: &bench::BenchConfig, out: &std::path::Path) -> Result<()> {
+    bench::run_and_write(cfg, out).await
 }
 
 async fn demo(runtime: Runtime, duration: Duration, concurrency: usize) -> Result<()> {

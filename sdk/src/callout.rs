@@ -91,8 +91,10 @@ impl HttpResponse {
 pub enum CalloutError {
     /// Envoy refused to send it: unknown cluster (BadArgument) or bad headers.
     Dispatch(HostError),
-    /// No response: timeout, connection failure or reset (Envoy reports
-    /// these as an answer without a `:status`).
+    /// No response at all: the stream was reset or the connection lost
+    /// (Envoy reports these as an answer without a `:status`). A timeout
+    /// or an unreachable upstream arrives as Envoy's own 504 / 503 instead,
+    /// i.e. as [`CalloutError::Status`].
     NoResponse,
     /// The upstream answered with a non-2xx status.
     Status(HttpResponse),
@@ -107,7 +109,7 @@ impl fmt::Display for CalloutError {
         match self {
             CalloutError::Dispatch(e) => write!(f, "callout not sent: {e}"),
             CalloutError::NoResponse => {
-                write!(f, "no response (timeout, reset or connect failure)")
+                write!(f, "no response (reset or connection lost)")
             }
             CalloutError::Status(r) => write!(f, "upstream answered {}", r.status),
             CalloutError::Grpc { code, message } => write!(f, "grpc status {code}: {message}"),
@@ -118,8 +120,9 @@ impl fmt::Display for CalloutError {
 
 impl std::error::Error for CalloutError {}
 
-/// Turns what Envoy delivered into a result: no `:status` means the call
-/// failed in transport; non-2xx is an error carrying the response.
+/// Turns what Envoy delivered into a result: no `:status` means the stream
+/// failed in transport; non-2xx (Envoy's own 503/504 included) is an error
+/// carrying the response.
 pub fn classify_http(
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,

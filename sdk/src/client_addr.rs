@@ -6,12 +6,19 @@
 //! proxies in front of Envoy that you operate, the client is the entry those
 //! proxies saw, counted from the right.
 //!
-//! The list considered is the XFF entries followed by the peer address
-//! (`source.address`) unless Envoy already appended it (HCM
-//! `use_remote_address: true`), so the answer is the same with either HCM
-//! setting: entry `trusted_hops` counted from the right, 0 being the peer.
-//! A list shorter than that (the request bypassed the trusted proxies) yields
-//! the leftmost available entry, which is the best anyone can know.
+//! Envoy configuration this assumes (checked in real Envoy):
+//! - HCM `use_remote_address: true` (the edge setting): then `source.address`
+//!   is the TCP peer. The list considered is the XFF entries followed by the
+//!   peer, unless Envoy already appended the peer (so `skip_xff_append` may
+//!   be either), and the client is entry `trusted_hops` counted from the
+//!   right, 0 being the peer.
+//! - With Envoy's default `use_remote_address: false`, Envoy itself has
+//!   already replaced `source.address` with an XFF entry (chosen by its
+//!   `xff_num_trusted_hops`): use `trusted_hops: 0` here, or the hop count
+//!   is applied twice and a forged entry can win.
+//!
+//! A list shorter than needed (the request bypassed the trusted proxies)
+//! yields the leftmost available entry, which is the best anyone can know.
 
 use std::net::IpAddr;
 

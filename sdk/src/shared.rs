@@ -9,6 +9,14 @@
 //!   [`RetryPolicy::max_attempts`] times. When retries run out it returns
 //!   [`UpdateError::Contended`] and writes nothing: the caller decides what
 //!   contention means (a rate limiter denies, a counter drops and counts).
+//! - Creating a key cannot be made atomic: Envoy accepts any CAS token for a
+//!   key that does not exist yet, so two VMs that both saw "absent" can both
+//!   write. [`SharedValue::ensure`] creates keys known up front in
+//!   `on_configure`, before traffic, where such a race only writes the same
+//!   initial value twice. `update` on an absent key first writes an empty
+//!   placeholder and then updates it with CAS, which narrows the window to a
+//!   placeholder landing on a value another VM updated in the microseconds
+//!   between — call `ensure` where that matters.
 //!
 //! [`crate::slots::SlotTable`] bounds the number of keys.
 
@@ -154,6 +162,16 @@ impl<T: Codec> SharedValue<T> {
         host::set_shared_data(&self.key, &value.encode(), 0).map(|_| ())
     }
 
+    /// Creates the key with `initial` if it does not exist. Call it in
+    /// `on_configure` for keys known up front (see the module docs).
+    pub fn ensure(&self, initial: &T) -> Result<(), HostError> {
+        let (bytes, _) = host::shared_data(&self.key)?;
+        if bytes.is_none() {
+            self.set(initial)?;
+        }
+        Ok(())
+    }
+
     /// Read-modify-write with CAS. `f` may run several times (once per
     /// attempt) and must not have side effects beyond its return value.
     pub fn update<R>(
@@ -162,6 +180,12 @@ impl<T: Codec> SharedValue<T> {
     ) -> Result<R, UpdateError> {
         for _ in 0..self.policy.max_attempts {
             let (current, cas) = self.read()?;
+            if cas == 0 {
+                // Absent: any write would be unconditional. Create an empty
+                // placeholder and run `f` on a base that has a CAS token.
+                host::set_shared_data(&self.key, &[], 0)?;
+                continue;
+            }
             match f(current.as_deref()) {
                 Update::Keep(r) => return Ok(r),
                 Update::Write(next, r) => {

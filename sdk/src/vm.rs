@@ -1,28 +1,24 @@
 //! Identity of this VM among the VMs of one Envoy process.
 
-use crate::shared::{SharedValue, Update};
 use std::cell::Cell;
+use std::hash::BuildHasher;
 
 thread_local! {
     static INSTANCE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Shared-data key of the instance counter.
-pub const INSTANCE_SEQ_KEY: &str = "switchyard/vm-instance-seq";
-
-/// A number unique to this VM within the Envoy process (1, 2, ...), taken
-/// from a shared counter on first use. 0 only if shared data is unusable.
+/// A random non-zero number identifying this VM, fixed for its lifetime.
+///
+/// Random rather than a shared counter: VMs start at the same moment, and
+/// creating a shared-data key cannot be made atomic (see `shared`), so a
+/// counter could hand two VMs the same id. std's `RandomState` is seeded
+/// from WASI `random_get`, which Envoy provides; 64 bits make a collision
+/// between a handful of VMs practically impossible.
 pub fn instance_id() -> u64 {
     INSTANCE.with(|cell| {
         if cell.get() == 0 {
-            let seq = SharedValue::<u64>::new(INSTANCE_SEQ_KEY);
-            let id = seq
-                .update(|n| {
-                    let next = n.copied().unwrap_or(0) + 1;
-                    Update::Write(next, next)
-                })
-                .unwrap_or(0);
-            cell.set(id);
+            let id = std::collections::hash_map::RandomState::new().hash_one(0x5357_4954_4348u64);
+            cell.set(id.max(1));
         }
         cell.get()
     })

@@ -72,10 +72,16 @@ impl RootContext for FixtureRoot {
             return false;
         };
         log::info!("fixture configured: stamp={}", config.stamp);
+        let count = SharedValue::new(COUNT_KEY);
+        // Created before traffic, so every later update is CAS-conditional.
+        if let Err(e) = count.ensure(&0) {
+            log::error!("fixture: shared data unusable: {e}");
+            return false;
+        }
         self.shared = Some(Rc::new(Shared {
             stamp: config.stamp,
             sequence: Cell::new(0),
-            count: SharedValue::new(COUNT_KEY),
+            count,
             requests: Counter::new(&metrics::name("fixture", "requests")),
         }));
         true

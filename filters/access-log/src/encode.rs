@@ -1,0 +1,265 @@
+//! Records as bytes: one JSON line per record, and batch bodies (JSON lines
+//! or OTLP/HTTP JSON logs).
+//!
+//! Log injection (Envoy CVE-2024-45808) is impossible by construction: every
+//! value is a JSON string written by serde_json, which escapes `"`, `\` and
+//! every control character (CR, LF and NUL included); invalid UTF-8 was
+//! already replaced by U+FFFD when the record was built. U+2028/U+2029 are
+//! escaped as well, since some line readers (JavaScript) split on them.
+
+use crate::record::Record;
+use crate::timefmt;
+use serde_json::{Map, Value, json};
+
+/// The record as exactly one line of JSON (no line terminator).
+pub fn line(record: &Record) -> String {
+    let text = match serde_json::to_string(record) {
+        Ok(t) => t,
+        // Serialising strings and numbers cannot fail; keep a valid line anyway.
+        Err(e) => json!({ "encode_error": e.to_string() }).to_string(),
+    };
+    escape_line_separators(text)
+}
+
+fn escape_line_separators(text: String) -> String {
+    if text.contains(['\u{2028}', '\u{2029}']) {
+        text.replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029")
+    } else {
+        text
+    }
+}
+
+/// A JSON-lines body: each record followed by `\n`.
+pub fn json_lines<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
+    let size = lines.iter().map(|l| l.as_ref().len() + 1).sum();
+    let mut body = Vec::with_capacity(size);
+    for l in lines {
+        body.extend_from_slice(l.as_ref().as_bytes());
+        body.push(b'\n');
+    }
+    body
+}
+
+/// An OTLP/HTTP JSON `ExportLogsServiceRequest` with one log record per
+/// line: the record's fields become attributes, its start time the
+/// `timeUnixNano`, the severity follows the status (5xx ERROR, 4xx WARN).
+/// Lines that do not parse (never ours) are carried as a string body.
+pub fn otlp_logs<S: AsRef<str>>(lines: &[S], observed_unix_nanos: u64, service: &str) -> Vec<u8> {
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| otlp_record(l.as_ref(), observed_unix_nanos))
+        .collect();
+    let doc = json!({
+        "resourceLogs": [{
+            "resource": { "attributes": [
+                { "key": "service.name", "value": { "stringValue": service } }
+            ]},
+            "scopeLogs": [{
+                "scope": { "name": "switchyard.access-log" },
+                "logRecords": records
+            }]
+        }]
+    });
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+fn otlp_record(line: &str, observed: u64) -> Value {
+    let fields: Map<String, Value> = match serde_json::from_str(line) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return json!({
+                "observedTimeUnixNano": observed.to_string(),
+                "body": { "stringValue": line },
+            });
+        }
+    };
+    let time = ["start_time", "timestamp"]
+        .iter()
+        .find_map(|k| fields.get(*k)?.as_str())
+        .and_then(timefmt::parse_rfc3339)
+        .unwrap_or(observed);
+    let status = ["response_code", "http.response.status_code"]
+        .iter()
+        .find_map(|k| fields.get(*k)?.as_u64())
+        .unwrap_or(0);
+    let (number, text) = match status {
+        500.. | 0 => (17, "ERROR"),
+        400..=499 => (13, "WARN"),
+        _ => (9, "INFO"),
+    };
+    let attributes: Vec<Value> = fields
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| json!({ "key": k, "value": any_value(v) }))
+        .collect();
+    json!({
+        "timeUnixNano": time.to_string(),
+        "observedTimeUnixNano": observed.to_string(),
+        "severityNumber": number,
+        "severityText": text,
+        "body": { "stringValue": summary(&fields, status) },
+        "attributes": attributes,
+    })
+}
+
+/// `GET /path 200`, the log line a human reads first.
+fn summary(fields: &Map<String, Value>, status: u64) -> String {
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| fields.get(*k)?.as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
+    format!(
+        "{} {} {}",
+        get(&["method", "http.request.method"]),
+        get(&["path", "url.path"]),
+        status
+    )
+}
+
+/// OTLP's `AnyValue` in proto3 JSON (64-bit integers as strings).
+fn any_value(v: &Value) -> Value {
+    match v {
+        Value::String(s) => json!({ "stringValue": s }),
+        Value::Bool(b) => json!({ "boolValue": b }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => json!({ "intValue": i.to_string() }),
+            (None, Some(u)) => json!({ "intValue": u.to_string() }),
+            _ => json!({ "doubleValue": n.as_f64().unwrap_or(0.0) }),
+        },
+        Value::Array(a) => {
+            json!({ "arrayValue": { "values": a.iter().map(any_value).collect::<Vec<_>>() } })
+        }
+        Value::Object(m) => json!({ "kvlistValue": { "values": m.iter()
+            .map(|(k, v)| json!({ "key": k, "value": any_value(v) }))
+            .collect::<Vec<_>>() } }),
+        Value::Null => json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::record::{Facts, build};
+    use crate::testutil::Rng;
+
+    fn hostile_facts(v: &[u8]) -> Facts {
+        let mut f = Facts::default();
+        for name in [
+            ":path",
+            ":authority",
+            ":method",
+            "user-agent",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-evil",
+            "x-switchyard-route",
+        ] {
+            f.request_headers.push((name.to_string(), v.to_vec()));
+        }
+        f.response_headers.push(("x-evil".into(), v.to_vec()));
+        f.response_headers
+            .push(("x-envoy-upstream-service-time".into(), v.to_vec()));
+        f.response_code_details = Some(String::from_utf8_lossy(v).into_owned());
+        f.route_name = Some(String::from_utf8_lossy(v).into_owned());
+        f
+    }
+
+    fn assert_one_json_line(line: &str) -> Value {
+        assert!(
+            !line.contains(['\n', '\r', '\0', '\u{2028}', '\u{2029}']),
+            "{line:?}"
+        );
+        assert!(
+            line.bytes().all(|b| b >= 0x20),
+            "raw control byte in {line:?}"
+        );
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    #[test]
+    fn hostile_header_bytes_end_as_one_valid_json_line() {
+        let v: &[u8] = b"a\r\nb\0c\"d\\e\xff\xfe\xc3(f\x1b[31m\xe2\x80\xa8g\"}\n{\"forged\":1}";
+        for naming in ["envoy", "otel"] {
+            let c: Config = switchyard_sdk::config::parse(
+                format!(r#"{{"naming":"{naming}","request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
+            )
+            .unwrap();
+            let l = line(&build(&c, &hostile_facts(v)));
+            let parsed = assert_one_json_line(&l);
+            assert!(parsed.get("forged").is_none());
+            let text = parsed.to_string();
+            assert!(text.contains('\u{fffd}'), "invalid UTF-8 replaced: {text}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_always_encode_to_one_parsable_line() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for naming in ["envoy", "otel"] {
+            let c: Config = switchyard_sdk::config::parse(
+                format!(r#"{{"naming":"{naming}","max_field_bytes":64,"request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
+            )
+            .unwrap();
+            for _ in 0..3_000 {
+                let v = rng.bytes(200);
+                let l = line(&build(&c, &hostile_facts(&v)));
+                assert_one_json_line(&l);
+            }
+        }
+    }
+
+    #[test]
+    fn json_lines_body_has_one_record_per_line() {
+        let body = json_lines(&["{\"a\":1}", "{\"b\":2}"]);
+        assert_eq!(body, b"{\"a\":1}\n{\"b\":2}\n");
+        assert!(json_lines::<&str>(&[]).is_empty());
+    }
+
+    #[test]
+    fn otlp_body_maps_fields_to_attributes() {
+        let lines = [
+            r#"{"start_time":"2026-01-01T00:00:00.123Z","method":"GET","path":"/x","response_code":503,"request_id":"r1","request_headers":{"x-a":"1"},"upstream_host":null}"#,
+            r#"{"timestamp":"2026-01-01T00:00:01.000Z","http.request.method":"POST","url.path":"/y","http.response.status_code":200,"http.request.header.x-request-id":["r2"]}"#,
+            "not json",
+        ];
+        let body = otlp_logs(&lines, 42, "envoy");
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        let recs = &doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"];
+        assert_eq!(recs[0]["timeUnixNano"], "1767225600123000000");
+        assert_eq!(recs[0]["severityText"], "ERROR");
+        assert_eq!(recs[0]["body"]["stringValue"], "GET /x 503");
+        let attrs = recs[0]["attributes"].as_array().unwrap();
+        let find = |k: &str| {
+            attrs
+                .iter()
+                .find(|a| a["key"] == k)
+                .map(|a| a["value"].clone())
+        };
+        assert_eq!(find("request_id").unwrap()["stringValue"], "r1");
+        assert_eq!(find("response_code").unwrap()["intValue"], "503");
+        assert_eq!(
+            find("request_headers").unwrap()["kvlistValue"]["values"][0]["key"],
+            "x-a"
+        );
+        assert!(find("upstream_host").is_none(), "nulls are left out");
+        assert_eq!(recs[1]["severityText"], "INFO");
+        assert_eq!(recs[1]["body"]["stringValue"], "POST /y 200");
+        assert_eq!(recs[2]["body"]["stringValue"], "not json");
+        assert_eq!(recs[2]["observedTimeUnixNano"], "42");
+    }
+
+    #[test]
+    fn line_separators_are_escaped() {
+        let mut f = Facts::default();
+        f.request_headers
+            .push((":path".into(), "/a\u{2028}b\u{2029}".as_bytes().to_vec()));
+        let l = line(&build(&Config::default(), &f));
+        assert!(l.contains("\\u2028") && l.contains("\\u2029"), "{l}");
+        let v = assert_one_json_line(&l);
+        assert_eq!(v["path"], "/a\u{2028}b\u{2029}");
+    }
+}

@@ -1,0 +1,303 @@
+//! The filter's real code through the proxy-wasm ABI, in the host emulator.
+
+use switchyard_emulator::{Action, CallOutcome, Host, Worker};
+
+const TABLE: &str = r#"{"version": 1, "virtual_hosts": [
+  {"domains": ["shop.example.com"], "rules": [
+    {"name": "shop-admin", "match": {"path": {"prefix": "/admin"}}, "cluster": "admin",
+     "request_headers_to_set": [{"name": "x-admin", "value": "yes"}],
+     "request_headers_to_remove": ["x-debug"], "host_rewrite": "admin.internal"},
+    {"cluster": "shop"}]},
+  {"domains": ["*.example.com"], "rules": [{"cluster": "wild"}]}]}"#;
+
+fn plugin(extra: &str) -> String {
+    format!(r#"{{"table": {TABLE}{extra}}}"#)
+}
+
+fn get(
+    worker: &Worker,
+    host: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> switchyard_emulator::Stream {
+    let stream = worker.http_stream();
+    let mut headers = vec![(":authority", host), (":path", path), (":method", "GET")];
+    headers.extend_from_slice(extra);
+    stream.request_headers(&headers, true);
+    stream
+}
+
+#[test]
+fn routes_by_host_and_path_and_applies_rule_edits() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(""))
+        .build();
+    let worker = host.start_worker();
+    assert!(worker.configured());
+
+    let s = get(&worker, "Shop.Example.com:8443", "/", &[]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop")
+    );
+    assert!(s.route_cache_clears() >= 1);
+
+    let s = get(&worker, "shop.example.com", "/admin/x", &[("x-debug", "1")]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(s.request_header("x-admin").as_deref(), Some("yes"));
+    assert_eq!(s.request_header("x-debug"), None);
+    assert_eq!(
+        s.request_header(":authority").as_deref(),
+        Some("admin.internal")
+    );
+
+    let s = get(&worker, "a.example.com", "/", &[]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("wild")
+    );
+
+    assert_eq!(host.metric("switchyard.domain-router.matches"), Some(3));
+    assert_eq!(
+        host.metric("switchyard.domain-router.rule.shop-admin.matches"),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric("switchyard.domain-router.table_version"),
+        Some(1)
+    );
+}
+
+#[test]
+fn client_cannot_pick_the_cluster() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(r#", "no_match": {"action": "pass_through"}"#))
+        .build();
+    let worker = host.start_worker();
+    let s = get(
+        &worker,
+        "shop.example.com",
+        "/",
+        &[("x-switchyard-cluster", "admin")],
+    );
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop")
+    );
+    // No match + pass-through: the forged header is gone, nothing replaces it.
+    let s = get(
+        &worker,
+        "other.test",
+        "/",
+        &[("x-switchyard-cluster", "admin")],
+    );
+    assert_eq!(s.request_header("x-switchyard-cluster"), None);
+    assert!(s.local_response().is_none());
+    assert_eq!(
+        host.metric("switchyard.domain-router.client_header_stripped"),
+        Some(2)
+    );
+    assert_eq!(host.metric("switchyard.domain-router.no_match"), Some(1));
+}
+
+#[test]
+fn no_match_answers_the_configured_json() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(
+            r#", "no_match": {"action": "local_reply", "status": 421, "body": {"error": "unknown host"}}"#,
+        ))
+        .build();
+    let worker = host.start_worker();
+    let stream = worker.http_stream();
+    let action = stream.request_headers(
+        &[
+            (":authority", "nope.test"),
+            (":path", "/"),
+            (":method", "GET"),
+        ],
+        true,
+    );
+    assert_eq!(action, Action::Pause);
+    let reply = stream.expect_local_response(421);
+    assert_eq!(reply.body, br#"{"error":"unknown host"}"#.to_vec());
+}
+
+#[test]
+fn bad_config_is_refused_and_names_the_field() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(r#"{"table": {"virtual_hosts": [{"domains": ["a"], "rules": [{"match": {"path": {"regex": "("}}, "cluster": "c"}]}]}}"#)
+        .build();
+    let worker = host.start_worker();
+    assert!(!worker.configured());
+    host.expect_log_contains("table.virtual_hosts[0].rules[0].match.path.regex: invalid regex");
+}
+
+const CONTROL: &str =
+    r#", "control": {"cluster": "control", "path": "/table", "poll_interval_ms": 1000}"#;
+
+fn table_routing(host: &str, cluster: &str, version: u64) -> String {
+    format!(
+        r#"{{"version": {version}, "virtual_hosts": [{{"domains": ["{host}"], "rules": [{{"cluster": "{cluster}"}}]}}]}}"#
+    )
+}
+
+#[test]
+fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(CONTROL))
+        .build();
+    let w1 = host.start_worker();
+    let w2 = host.start_worker();
+    assert_eq!(
+        w1.tick_period(),
+        Some(std::time::Duration::from_millis(100))
+    );
+    w1.tick();
+    w2.tick();
+    // Only the lease holder polls.
+    let call = host.expect_http_call("control");
+    assert_eq!(call.header(":path"), Some("/table"));
+    assert_eq!(call.header("if-none-match"), None);
+    let poller = if call.worker == w1.index() { &w1 } else { &w2 };
+    let other = if call.worker == w1.index() { &w2 } else { &w1 };
+    poller.respond_http_call(
+        call.token,
+        CallOutcome::response(
+            200,
+            &[("etag", "\"v2\"")],
+            table_routing("shop.example.com", "shop-v2", 2),
+        ),
+    );
+    // The other worker swaps on its next request, without a tick.
+    let s = get(other, "shop.example.com", "/", &[]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop-v2")
+    );
+    assert_eq!(
+        host.metric("switchyard.domain-router.table_version"),
+        Some(2)
+    );
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(1));
+
+    // Next poll: If-None-Match; 304 changes nothing.
+    host.advance(std::time::Duration::from_millis(1000));
+    poller.tick();
+    let call = host.expect_http_call("control");
+    assert_eq!(call.header("if-none-match"), Some("\"v2\""));
+    poller.respond_http_call(call.token, CallOutcome::status(304, ""));
+
+    // A broken table is rejected, counted and logged; the old one stays.
+    host.advance(std::time::Duration::from_millis(1000));
+    poller.tick();
+    let call = host.expect_http_call("control");
+    poller.respond_http_call(
+        call.token,
+        CallOutcome::response(
+            200,
+            &[("etag", "\"v3\"")],
+            r#"{"virtual_hosts": [{"domains": ["x"], "rules": [{"cluster": ""}]}]}"#,
+        ),
+    );
+    assert_eq!(
+        host.metric("switchyard.domain-router.reload_failures"),
+        Some(1)
+    );
+    host.expect_log_contains("virtual_hosts[0].rules[0].cluster: must not be empty");
+    for w in [&w1, &w2] {
+        let s = get(w, "shop.example.com", "/", &[]);
+        assert_eq!(
+            s.request_header("x-switchyard-cluster").as_deref(),
+            Some("shop-v2")
+        );
+    }
+    // The rejected ETag is remembered: the same broken table is not re-reported.
+    host.advance(std::time::Duration::from_millis(1000));
+    poller.tick();
+    assert_eq!(
+        host.expect_http_call("control").header("if-none-match"),
+        Some("\"v3\"")
+    );
+}
+
+#[test]
+fn generations_alternate_between_two_slots() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(CONTROL))
+        .build();
+    let w = host.start_worker();
+    for v in 1..=5u64 {
+        host.advance(std::time::Duration::from_millis(1000));
+        w.tick();
+        let call = host.expect_http_call("control");
+        let etag = format!("\"v{v}\"");
+        w.respond_http_call(
+            call.token,
+            CallOutcome::response(
+                200,
+                &[("etag", etag.as_str())],
+                table_routing("h.test", &format!("c{v}"), v),
+            ),
+        );
+        let s = get(&w, "h.test", "/", &[]);
+        assert_eq!(
+            s.request_header("x-switchyard-cluster"),
+            Some(format!("c{v}"))
+        );
+    }
+    let prefix = "switchyard/domain-router/control/table";
+    assert!(host.shared_data(&format!("{prefix}/table/0")).is_some());
+    assert!(host.shared_data(&format!("{prefix}/table/1")).is_some());
+    assert!(host.shared_data(&format!("{prefix}/table/2")).is_none());
+    let (pointer, _) = host.shared_data(&format!("{prefix}/current")).unwrap();
+    assert_eq!(pointer, 5u64.to_le_bytes().to_vec());
+}
+
+#[test]
+fn unreachable_control_endpoint_keeps_the_inline_table() {
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(plugin(CONTROL))
+        .clusters(["other"])
+        .build();
+    let w = host.start_worker();
+    w.tick();
+    assert_eq!(host.metric("switchyard.domain-router.poll_errors"), Some(1));
+    let s = get(&w, "shop.example.com", "/", &[]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop")
+    );
+}
+
+/// `envoy --mode validate` does not run `on_configure`: check the shipped
+/// snippet's plugin configuration here.
+#[test]
+fn envoy_configs_snippet_is_accepted() {
+    let yaml = include_str!("../../../envoy-configs/domain-router.yaml");
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("value: |"));
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let header = lines.next().expect("a `value: |` block");
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || indent(l) > indent(header))
+        .collect();
+    let host = Host::new(switchyard_domain_router::_initialize)
+        .plugin_config(block.join("\n"))
+        .build();
+    let worker = host.start_worker();
+    assert!(worker.configured(), "{:?}", host.logs());
+    let s = get(
+        &worker,
+        "a.tenants.example.com",
+        "/",
+        &[("x-tenant-id", "globex")],
+    );
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop-v2")
+    );
+}

@@ -1,0 +1,471 @@
+//! Per-worker picking state, rebuilt when the shared table changes.
+//!
+//! A pick first chooses a priority level by the levels' load shares (see
+//! [`crate::priority`]), then an endpoint within the level by the policy.
+//! When no level has a healthy endpoint the picker is in panic mode and
+//! spreads over every non-draining endpoint, ejected or not (Envoy does the
+//! same rather than fail everything).
+
+use crate::config::{Config, Policy};
+use crate::maglev::{self, Maglev};
+use crate::table::{self, Table};
+use crate::weights::Edf;
+
+/// The endpoints chosen for one request: indices into the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    pub first: usize,
+    /// Distinct other endpoints for Envoy's retries, best first.
+    pub retries: Vec<usize>,
+}
+
+struct Level {
+    priority: u8,
+    members: Vec<usize>,
+    edf: Edf,
+    /// Configured weights of `members`, for random and P2C.
+    weights: Vec<u32>,
+    /// Built lazily for consistent hashing, keyed by the member set.
+    maglev: Option<(Vec<(String, u32)>, Maglev)>,
+}
+
+/// A small, fast PRNG (xorshift64*): picks need spread, not secrecy.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(maglev::mix(seed) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Picker {
+    /// Table version this was built from.
+    pub version: u64,
+    /// Endpoint count of that table (a cheap guard besides the version).
+    pub endpoints: usize,
+    levels: Vec<Level>,
+    loads: Vec<u32>,
+    level_edf: Edf,
+    pub panic: bool,
+    policy: Policy,
+    retry_hosts: usize,
+    in_flight_cost: f64,
+    table_size: u32,
+    rotate: usize,
+}
+
+impl Picker {
+    /// Builds the picker for `table` at `now_ns`. `previous` lends its
+    /// Maglev tables when a level's member set did not change (they are the
+    /// expensive part).
+    pub fn build(
+        table: &Table,
+        config: &Config,
+        now_ns: u64,
+        phase: f64,
+        previous: Option<Picker>,
+    ) -> Picker {
+        let (mut levels, mut loads) =
+            table::healthy_levels(table, now_ns, config.overprovisioning_factor);
+        let panic = loads.iter().all(|l| *l == 0);
+        if panic {
+            // Everyone who is not draining, in one level.
+            let all: Vec<usize> = (0..table.endpoints.len())
+                .filter(|&i| !table.endpoints[i].draining)
+                .collect();
+            levels = vec![(0, all)];
+            loads = vec![100];
+        }
+        let previous = previous.map(|p| (p.levels, p.level_edf));
+        let (old_levels, old_level_edf) = match previous {
+            Some((l, e)) => (l, Some(e)),
+            None => (Vec::new(), None),
+        };
+        let mut old_maglevs: Vec<(Vec<(String, u32)>, Maglev)> = Vec::new();
+        let mut old_edfs: Vec<(u8, Edf)> = Vec::new();
+        for l in old_levels {
+            old_edfs.push((l.priority, l.edf));
+            if let Some(m) = l.maglev {
+                old_maglevs.push(m);
+            }
+        }
+        let use_dynamic = config.policy == Policy::WeightedRoundRobin;
+        // invariant: every member index below came from `table` itself.
+        let priorities: Vec<u8> = levels.iter().map(|(p, _)| *p).collect();
+        let built = levels
+            .into_iter()
+            .map(|(priority, members)| {
+                let weights: Vec<u32> =
+                    members.iter().map(|&i| table.endpoints[i].weight).collect();
+                let any_dynamic =
+                    use_dynamic && members.iter().any(|&i| table.endpoints[i].dyn_weight > 0.0);
+                let edf_weights = members.iter().zip(&weights).map(|(&i, &w)| {
+                    let e = &table.endpoints[i];
+                    let w = if any_dynamic {
+                        e.dyn_weight
+                    } else {
+                        f64::from(w)
+                    };
+                    // Slots are stable while an endpoint stays: the carry key.
+                    (i, u64::from(e.slot), w)
+                });
+                let prev_edf = old_edfs
+                    .iter()
+                    .find(|(p, _)| *p == priority)
+                    .map(|(_, e)| e);
+                let edf = Edf::carrying(edf_weights, phase, prev_edf);
+                let maglev = if config.policy == Policy::ConsistentHash {
+                    let key: Vec<(String, u32)> = members
+                        .iter()
+                        .map(|&i| {
+                            (
+                                table.endpoints[i].address.clone(),
+                                table.endpoints[i].weight,
+                            )
+                        })
+                        .collect();
+                    match old_maglevs.iter().position(|(k, _)| *k == key) {
+                        Some(p) => Some(old_maglevs.swap_remove(p)),
+                        None => {
+                            let named: Vec<(&str, u32)> =
+                                key.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+                            Maglev::build(&named, config.hash.table_size).map(|m| (key, m))
+                        }
+                    }
+                } else {
+                    None
+                };
+                Level {
+                    priority,
+                    members,
+                    edf,
+                    weights,
+                    maglev,
+                }
+            })
+            .collect();
+        let level_edf = Edf::carrying(
+            loads
+                .iter()
+                .zip(&priorities)
+                .enumerate()
+                .map(|(i, (l, p))| (i, u64::from(*p), f64::from(*l))),
+            phase,
+            old_level_edf.as_ref(),
+        );
+        Picker {
+            version: table.version,
+            endpoints: table.endpoints.len(),
+            levels: built,
+            loads,
+            level_edf,
+            panic,
+            policy: config.policy,
+            retry_hosts: config.retry_hosts as usize,
+            in_flight_cost: config.p2c.in_flight_cost,
+            table_size: config.hash.table_size,
+            rotate: 0,
+        }
+    }
+
+    /// Chooses endpoints. `key` is the stickiness hash (consistent hashing);
+    /// `utilization(i)` and `in_flight(i)` feed P2C. `retries` = how many
+    /// retry hosts to add (0 outside endpoint mode).
+    pub fn pick(
+        &mut self,
+        key: Option<u64>,
+        rng: &mut Rng,
+        score_inputs: &dyn Fn(usize) -> (f64, u32),
+        retries: bool,
+    ) -> Option<Pick> {
+        let level = match (self.policy, key) {
+            (Policy::ConsistentHash, Some(h)) => crate::priority::level_for(
+                &self.loads,
+                (maglev::mix(h ^ 0x5bd1_e995) % 100) as u32,
+            )?,
+            _ => self.level_edf.pick()?,
+        };
+        let first = {
+            let l = self.levels.get_mut(level)?;
+            if l.members.is_empty() {
+                return None;
+            }
+            match (self.policy, key) {
+                (Policy::ConsistentHash, Some(h)) => match &l.maglev {
+                    Some((_, m)) => *l.members.get(m.lookup(h))?,
+                    None => l.edf.pick()?,
+                },
+                (Policy::Random, _) => weighted_random(&l.members, &l.weights, rng),
+                (Policy::P2c, _) => p2c(l, rng, score_inputs, self.in_flight_cost),
+                _ => l.edf.pick()?,
+            }
+        };
+        let retries = if retries {
+            self.retry_list(level, first)
+        } else {
+            Vec::new()
+        };
+        Some(Pick { first, retries })
+    }
+
+    /// Other endpoints for retries: the same level first, then the others,
+    /// rotating the start so retries spread too.
+    fn retry_list(&mut self, level: usize, first: usize) -> Vec<usize> {
+        if self.retry_hosts == 0 {
+            return Vec::new();
+        }
+        self.rotate = self.rotate.wrapping_add(1);
+        let mut out = Vec::with_capacity(self.retry_hosts);
+        let order = std::iter::once(level).chain((0..self.levels.len()).filter(|&l| l != level));
+        for l in order {
+            let members = &self.levels[l].members;
+            let n = members.len();
+            for k in 0..n {
+                let m = members[(self.rotate + k) % n];
+                if m != first && !out.contains(&m) {
+                    out.push(m);
+                    if out.len() == self.retry_hosts {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The Maglev table size in use (for diagnostics).
+    pub fn table_size(&self) -> u32 {
+        self.table_size
+    }
+}
+
+// invariant (both): `members` is non-empty and as long as `weights`; the
+// caller returns early on an empty level.
+fn weighted_random(members: &[usize], weights: &[u32], rng: &mut Rng) -> usize {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return members[rng.below(members.len())];
+    }
+    let mut x = rng.next_u64() % total;
+    for (m, w) in members.iter().zip(weights) {
+        let w = u64::from(*w);
+        if x < w {
+            return *m;
+        }
+        x -= w;
+    }
+    members[members.len() - 1]
+}
+
+/// Two distinct random members; the lower `(utilization + in_flight × cost)
+/// / weight` wins, ties at random.
+fn p2c(l: &Level, rng: &mut Rng, inputs: &dyn Fn(usize) -> (f64, u32), cost: f64) -> usize {
+    let n = l.members.len();
+    if n == 1 {
+        return l.members[0];
+    }
+    let a = rng.below(n);
+    let mut b = rng.below(n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let score = |k: usize| {
+        let (util, in_flight) = inputs(l.members[k]);
+        (util + f64::from(in_flight) * cost) / f64::from(l.weights[k].max(1))
+    };
+    let (sa, sb) = (score(a), score(b));
+    let winner = if sa < sb {
+        a
+    } else if sb < sa {
+        b
+    } else if rng.next_u64() & 1 == 0 {
+        a
+    } else {
+        b
+    };
+    l.members[winner]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Spec, default_name, reconcile};
+    use switchyard_sdk::codec::fnv1a64;
+    use switchyard_sdk::config::parse;
+
+    fn table(specs: &[(&str, u8, u32)]) -> Table {
+        let specs: Vec<Spec> = specs
+            .iter()
+            .map(|(a, p, w)| Spec {
+                address: a.to_string(),
+                name: default_name(a),
+                weight: *w,
+                priority: *p,
+                draining: false,
+                zone: String::new(),
+            })
+            .collect();
+        reconcile(&Table::default(), &specs)
+    }
+
+    fn config(extra: &str) -> Config {
+        let doc = format!(r#"{{"endpoints":[{{"address":"127.0.0.1:1"}}]{extra}}}"#);
+        parse(doc.as_bytes()).unwrap()
+    }
+
+    fn no_inputs(_: usize) -> (f64, u32) {
+        (0.0, 0)
+    }
+
+    fn count(p: &mut Picker, n: usize, size: usize) -> Vec<usize> {
+        let mut rng = Rng::new(1);
+        let mut c = vec![0; size];
+        for _ in 0..n {
+            c[p.pick(None, &mut rng, &no_inputs, false).unwrap().first] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn dynamic_weights_win_over_configured() {
+        let mut t = table(&[("a:1", 0, 5), ("b:1", 0, 1), ("c:1", 0, 1)]);
+        let c = config("");
+        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        assert_eq!(
+            count(&mut p, 700, 3),
+            vec![500, 100, 100],
+            "configured weights"
+        );
+        for (e, w) in t.endpoints.iter_mut().zip([125.0, 250.0, 500.0]) {
+            e.dyn_weight = w;
+        }
+        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
+        // Plain round robin ignores report weights.
+        let mut p = Picker::build(&t, &config(r#","policy":"round_robin""#), 0, 0.0, None);
+        assert_eq!(count(&mut p, 700, 3), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn failover_and_panic() {
+        let mut t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 1, 1)]);
+        let c = config("");
+        t.endpoints[0].ejected_until_ns = 100;
+        // 1 of 2 healthy × 1.4 = 70% stays on level 0.
+        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        assert_eq!(count(&mut p, 1000, 3), vec![0, 700, 300]);
+        t.endpoints[1].draining = true;
+        t.endpoints[2].ejected_until_ns = 100;
+        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        assert!(p.panic);
+        let got = count(&mut p, 100, 3);
+        assert_eq!(got[1], 0, "draining never picked, even in panic: {got:?}");
+        assert_eq!(got[0] + got[2], 100);
+        // After the ejections end, back to normal.
+        let mut p = Picker::build(&t, &c, 200, 0.0, None);
+        assert!(!p.panic);
+        assert_eq!(count(&mut p, 100, 3), vec![100, 0, 0]);
+    }
+
+    #[test]
+    fn retries_are_distinct_and_prefer_the_same_level() {
+        let t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 1, 1), ("d:1", 0, 1)]);
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        let mut rng = Rng::new(3);
+        for _ in 0..20 {
+            let pick = p.pick(None, &mut rng, &no_inputs, true).unwrap();
+            assert_eq!(pick.retries.len(), 2);
+            assert!(!pick.retries.contains(&pick.first));
+            assert_ne!(pick.retries[0], pick.retries[1]);
+            assert!(pick.retries.iter().all(|&r| r != 2), "{pick:?}");
+        }
+        let t = table(&[("a:1", 0, 1)]);
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        assert!(
+            p.pick(None, &mut rng, &no_inputs, true)
+                .unwrap()
+                .retries
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn sticky_keys_and_minimal_movement() {
+        let c = config(r#","policy":"consistent_hash","hash":{"header":"x-user"}"#);
+        let addrs = ["a:1", "b:1", "c:1", "d:1"];
+        let t = table(&addrs.map(|a| (a, 0u8, 1u32)));
+        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut rng = Rng::new(9);
+        let before: Vec<String> = (0..4000u32)
+            .map(|k| {
+                let h = fnv1a64(format!("user-{k}").as_bytes());
+                let i = p.pick(Some(h), &mut rng, &no_inputs, false).unwrap().first;
+                assert_eq!(
+                    p.pick(Some(h), &mut rng, &no_inputs, false).unwrap().first,
+                    i
+                );
+                t.endpoints[i].address.clone()
+            })
+            .collect();
+        let mut t2 = t.clone();
+        t2.endpoints[1].draining = true;
+        t2.version += 1;
+        let mut p2 = Picker::build(&t2, &c, 0, 0.0, Some(p));
+        let mut moved = 0;
+        for (k, old) in before.iter().enumerate() {
+            let h = fnv1a64(format!("user-{k}").as_bytes());
+            let i = p2.pick(Some(h), &mut rng, &no_inputs, false).unwrap().first;
+            if old != "b:1" && &t2.endpoints[i].address != old {
+                moved += 1;
+            }
+            assert_ne!(t2.endpoints[i].address, "b:1");
+        }
+        assert!(moved < 80, "moved {moved} keys that b:1 did not own");
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded() {
+        let t = table(&[("a:1", 0, 1), ("b:1", 0, 1)]);
+        let mut p = Picker::build(&t, &config(r#","policy":"p2c""#), 0, 0.0, None);
+        let mut rng = Rng::new(5);
+        let inputs = |i: usize| if i == 0 { (0.9, 3) } else { (0.2, 0) };
+        for _ in 0..50 {
+            assert_eq!(p.pick(None, &mut rng, &inputs, false).unwrap().first, 1);
+        }
+    }
+
+    #[test]
+    fn random_follows_configured_weights() {
+        let t = table(&[("a:1", 0, 1), ("b:1", 0, 3)]);
+        let mut p = Picker::build(&t, &config(r#","policy":"random""#), 0, 0.0, None);
+        let got = count(&mut p, 8000, 2);
+        assert!((1700..2300).contains(&got[0]), "{got:?}");
+    }
+
+    #[test]
+    fn nothing_to_pick() {
+        let mut t = table(&[("a:1", 0, 1)]);
+        t.endpoints[0].draining = true;
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        assert_eq!(p.pick(None, &mut Rng::new(1), &no_inputs, true), None);
+        let mut p = Picker::build(&Table::default(), &config(""), 0, 0.0, None);
+        assert_eq!(p.pick(None, &mut Rng::new(1), &no_inputs, true), None);
+    }
+}

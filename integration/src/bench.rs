@@ -1,0 +1,882 @@
+//! Benchmarks: every variant side by side in one run, reported as ratios to
+//! the no-filter baseline of the same run (never as absolute timings).
+//!
+//! Method (Envoy's own benchmarking advice): native Envoy, `--concurrency 1`,
+//! pinned to one core; the load generator (`wrk`) and the backend on the
+//! other core; same HTTP settings in every variant; a warm-up before every
+//! measurement; rounds interleave the variants (A B C A B C ...) so drift
+//! hits all of them alike; medians over rounds. Per variant:
+//! - closed-loop saturation throughput (`wrk`, keep-alive connections);
+//! - Envoy CPU time per request (from `/proc/<pid>/stat` over the run);
+//! - open-loop latency at a fixed rate, measured from the intended send time
+//!   (coordinated-omission corrected, see [`crate::traffic`]).
+
+use crate::backend::{Backend, BackendSpec, OrcaFormat};
+use crate::envoy::{EnvoyBuilder, Runtime};
+use crate::traffic::{Load, RequestSpec, Traffic};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What a variant is compared with.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum Role {
+    /// The no-filter proxy every ratio divides by.
+    Baseline,
+    /// A Switchyard variant; `group` pairs it with its native equivalent.
+    Switchyard { group: String },
+    /// Native Envoy doing the equivalent work.
+    Native { group: String },
+}
+
+/// One Envoy configuration to measure.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: String,
+    pub role: Role,
+    /// Full envoy.yaml template (see [`EnvoyBuilder`]); `backend` (ip, port)
+    /// is provided, plus `vars`.
+    pub template: String,
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Template fragments (see [`EnvoyBuilder::partial`]).
+    pub partials: BTreeMap<String, String>,
+    /// Host header of the measured requests.
+    pub host: String,
+    /// Path of the measured requests.
+    pub path: String,
+}
+
+impl Variant {
+    pub fn new(name: &str, role: Role, template: &str) -> Self {
+        Variant {
+            name: name.to_string(),
+            role,
+            template: template.to_string(),
+            vars: BTreeMap::new(),
+            partials: BTreeMap::new(),
+            host: "bench.local".into(),
+            path: "/".into(),
+        }
+    }
+
+    pub fn var(mut self, name: &str, value: impl Serialize) -> Self {
+        self.vars.insert(
+            name.to_string(),
+            serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+        );
+        self
+    }
+
+    pub fn partial(mut self, name: &str, text: impl Into<String>) -> Self {
+        self.partials.insert(name.to_string(), text.into());
+        self
+    }
+
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = host.to_string();
+        self
+    }
+}
+
+/// Run settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    pub rounds: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub connections: usize,
+    /// Open-loop arrival rate for the latency measurement.
+    pub open_loop_rps: f64,
+    pub open_loop_duration: Duration,
+    /// Core for Envoy; the caller runs on the others.
+    pub envoy_cpu: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            rounds: 3,
+            warmup: Duration::from_secs(2),
+            duration: Duration::from_secs(5),
+            connections: 32,
+            open_loop_rps: 4000.0,
+            open_loop_duration: Duration::from_secs(3),
+            envoy_cpu: 0,
+        }
+    }
+}
+
+/// One measurement of one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub rps: f64,
+    pub cpu_us_per_request: f64,
+    pub non_2xx: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Envoy's resident memory after the load (KiB): wasm VMs live outside
+    /// Envoy's own heap statistics, so RSS is what shows their cost.
+    pub rss_kib: u64,
+}
+
+/// Medians of a variant's runs, and its ratios to the baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub name: String,
+    pub role: Role,
+    pub runs: Vec<Run>,
+    pub rps: f64,
+    pub cpu_us_per_request: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub rss_kib: u64,
+    /// rps / baseline rps.
+    pub throughput_ratio: f64,
+    /// CPU µs per request above the baseline's.
+    pub added_cpu_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub envoy_version: String,
+    pub config: BenchConfig,
+    pub variants: Vec<VariantResult>,
+    /// Shipped module sizes (bytes, after wasm-opt) from `build/wasm/`.
+    pub module_sizes: BTreeMap<String, u64>,
+}
+
+fn module_sizes() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir(crate::paths::wasm_dir()) {
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "wasm")
+                && let (Some(name), Ok(meta)) = (path.file_stem(), entry.metadata())
+            {
+                out.insert(name.to_string_lossy().into_owned(), meta.len());
+            }
+        }
+    }
+    out
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// Closed-loop saturation with wrk; returns (requests/s, non-2xx count, total requests).
+async fn wrk(
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    connections: usize,
+    d: Duration,
+) -> Result<(f64, u64, u64)> {
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{}s", d.as_secs().max(1)),
+        ])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{target}{path}"))
+        .output()
+        .await
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let number_after = |label: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let rps = number_after("Requests/sec:").context("no Requests/sec in wrk output")?;
+    let non_2xx = number_after("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok((rps, non_2xx, total))
+}
+
+async fn measure(variant: &Variant, backends: &[Backend], cfg: &BenchConfig) -> Result<Run> {
+    let envoy = start_variant(variant, backends, cfg.envoy_cpu, 1).await?;
+    run_load(&envoy, variant, cfg).await
+}
+
+/// Starts native Envoy for `variant` in front of `backends`, pinned to `cpu`.
+async fn start_variant(
+    variant: &Variant,
+    backends: &[Backend],
+    cpu: usize,
+    workers: u32,
+) -> Result<crate::envoy::Envoy> {
+    let endpoints: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|b| serde_json::json!({"ip": b.addr().ip().to_string(), "port": b.addr().port()}))
+        .collect();
+    // Info level in every variant: the access-log filter's Envoy-log sink
+    // writes at info, and the comparison must not hide that cost.
+    let mut builder = EnvoyBuilder::new(Runtime::native()?, variant.template.clone())
+        .var("backends", &endpoints)
+        .concurrency(workers)
+        .log_level("info")
+        .cpus(&[cpu]);
+    for (k, v) in &variant.vars {
+        builder = builder.var(k, v);
+    }
+    // The filter configs sit in the YAML as JSON strings: substitute the
+    // endpoint list in its escaped form.
+    let list: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|b| serde_json::json!({"address": b.addr().to_string()}))
+        .collect();
+    let escaped = serde_json::to_string(&serde_json::Value::Array(list).to_string())?;
+    let escaped = escaped.trim_matches('"');
+    for (k, v) in &variant.partials {
+        builder = builder.partial(k, v.replace(&format!("\\\"{ENDPOINTS}\\\""), escaped));
+    }
+    builder
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", variant.name))
+}
+
+async fn run_load(
+    envoy: &crate::envoy::Envoy,
+    variant: &Variant,
+    cfg: &BenchConfig,
+) -> Result<Run> {
+    let ingress = envoy.listener("ingress")?;
+    wrk(
+        ingress,
+        &variant.host,
+        &variant.path,
+        cfg.connections,
+        cfg.warmup,
+    )
+    .await?;
+    let cpu_before = envoy.cpu_time()?;
+    let (rps, non_2xx, total) = wrk(
+        ingress,
+        &variant.host,
+        &variant.path,
+        cfg.connections,
+        cfg.duration,
+    )
+    .await?;
+    let cpu = envoy.cpu_time()?.saturating_sub(cpu_before);
+    let rss_kib = envoy.pid().map_or(0, rss_kib);
+    let spec = RequestSpec::get(variant.host.clone(), variant.path.clone());
+    let latency = Traffic::new(
+        ingress,
+        Load::OpenLoop {
+            rate_per_sec: cfg.open_loop_rps,
+            duration: cfg.open_loop_duration,
+            max_in_flight: 256,
+        },
+    )
+    .spec(spec)
+    .run()
+    .await?;
+    Ok(Run {
+        rps,
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / (total.max(1) as f64),
+        non_2xx,
+        p50_us: latency.percentile_us(50.0),
+        p99_us: latency.percentile_us(99.0),
+        rss_kib,
+    })
+}
+
+/// `VmRSS` of a process, KiB (0 when unreadable).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs every variant `cfg.rounds` times, interleaved. The first variant must
+/// be the baseline.
+pub async fn run(
+    variants: &[Variant],
+    cfg: &BenchConfig,
+    progress: impl Fn(&str),
+) -> Result<BenchReport> {
+    if variants.first().map(|v| &v.role) != Some(&Role::Baseline) {
+        bail!("the first variant must be the baseline");
+    }
+    // Fast backends: no latency; they report load so the load balancer has
+    // reports to parse, as it would in production.
+    let mut backends = Vec::new();
+    for name in ["bench-a", "bench-b", "bench-c"] {
+        backends.push(Backend::start(BackendSpec::new(name).orca(OrcaFormat::Text)).await?);
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    for round in 0..cfg.rounds {
+        for (i, v) in variants.iter().enumerate() {
+            progress(&format!("round {}/{}: {}", round + 1, cfg.rounds, v.name));
+            runs[i].push(measure(v, &backends, cfg).await?);
+        }
+    }
+    let summarize = |v: &Variant, runs: &[Run]| VariantResult {
+        name: v.name.clone(),
+        role: v.role.clone(),
+        rps: median_f(runs.iter().map(|r| r.rps).collect()),
+        cpu_us_per_request: median_f(runs.iter().map(|r| r.cpu_us_per_request).collect()),
+        p50_us: median_u(runs.iter().map(|r| r.p50_us).collect()),
+        p99_us: median_u(runs.iter().map(|r| r.p99_us).collect()),
+        rss_kib: median_u(runs.iter().map(|r| r.rss_kib).collect()),
+        runs: runs.to_vec(),
+        throughput_ratio: 0.0,
+        added_cpu_us: 0.0,
+    };
+    let mut results: Vec<VariantResult> = variants
+        .iter()
+        .zip(&runs)
+        .map(|(v, r)| summarize(v, r))
+        .collect();
+    let (base_rps, base_cpu) = (results[0].rps, results[0].cpu_us_per_request);
+    for r in &mut results {
+        r.throughput_ratio = if base_rps > 0.0 {
+            r.rps / base_rps
+        } else {
+            0.0
+        };
+        r.added_cpu_us = r.cpu_us_per_request - base_cpu;
+    }
+    Ok(BenchReport {
+        envoy_version: crate::paths::setup_record("envoy-version").unwrap_or_default(),
+        config: cfg.clone(),
+        variants: results,
+        module_sizes: module_sizes(),
+    })
+}
+
+const BASE: &str = include_str!("../templates/bench/base.yaml");
+
+/// One wasm filter entry of `http_filters`, as a template fragment.
+fn wasm_filter(name: &str, module: &str, config: &serde_json::Value) -> String {
+    let config = serde_json::to_string(&config.to_string()).unwrap_or_default();
+    format!(
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n      name: {name}\n      root_id: {name}\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n        value: {config}\n      vm_config:\n        vm_id: {name}\n        runtime: envoy.wasm.runtime.v8\n        code:\n          local: {{ filename: \"{{{{ wasm_dir }}}}/{module}.wasm\" }}\n"
+    )
+}
+
+fn router_config() -> serde_json::Value {
+    router_config_with(10)
+}
+
+/// `n` virtual hosts (the native variant has 10); requests match the last.
+fn router_config_with(n: usize) -> serde_json::Value {
+    let mut hosts: Vec<serde_json::Value> = (0..n.saturating_sub(1))
+        .map(|i| {
+            serde_json::json!({"name": format!("other-{i}"),
+                "domains": [format!("tenant-{i}.example.com"), format!("*.tenant-{i}.example.com")],
+                "rules": [{"cluster": "backend"}]})
+        })
+        .collect();
+    hosts.push(serde_json::json!({"name": "bench", "domains": ["bench.local"], "rules": [{"cluster": "backend"}]}));
+    serde_json::json!({"cluster_header": "x-switchyard-cluster", "table": {"version": 1, "virtual_hosts": hosts}})
+}
+
+fn rate_limit_config() -> serde_json::Value {
+    // Every request updates its client's bucket; the limit is never reached.
+    serde_json::json!({"rules": [{"name": "per-client", "key": [{"type": "client_address"}],
+        "limit": {"requests": 1_000_000, "per": "second", "burst": 1_000_000}}]})
+}
+
+/// Stands for the backends' addresses in a filter config; [`measure`]
+/// replaces it once the backends are up.
+const ENDPOINTS: &str = "__ENDPOINTS__";
+
+fn lb_config() -> serde_json::Value {
+    serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS})
+}
+
+fn access_log_config() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// The variants measured by `make bench`, baseline first.
+pub fn standard_variants() -> Vec<Variant> {
+    let sy = |g: &str| Role::Switchyard { group: g.into() };
+    let native = |g: &str| Role::Native { group: g.into() };
+    let lb_override = include_str!("../templates/bench/lb-override-host.yaml");
+    let chain_filters = [
+        wasm_filter(
+            "domain-router",
+            "switchyard_domain_router",
+            &router_config(),
+        ),
+        wasm_filter("rate-limit", "switchyard_rate_limit", &rate_limit_config()),
+        wasm_filter("lb", "switchyard_load_balancer", &lb_config()),
+        wasm_filter("access-log", "switchyard_access_log", &access_log_config()),
+    ]
+    .concat();
+    vec![
+        Variant::new("no filter", Role::Baseline, BASE),
+        Variant::new(
+            "fixture (SDK: config, CAS counter, metric, 2 headers)",
+            sy("fixture"),
+            BASE,
+        )
+        .partial(
+            "filters",
+            wasm_filter(
+                "fixture",
+                "switchyard_fixture_filter",
+                &serde_json::json!({"stamp": "bench"}),
+            ),
+        ),
+        Variant::new("rate-limit (GCRA, shared data)", sy("rate-limit"), BASE).partial(
+            "filters",
+            wasm_filter("rate-limit", "switchyard_rate_limit", &rate_limit_config()),
+        ),
+        Variant::new("native local_ratelimit", native("rate-limit"), BASE).partial(
+            "filters",
+            include_str!("../templates/bench/native-ratelimit.yaml"),
+        ),
+        Variant::new("domain-router (10 hosts)", sy("domain-router"), BASE)
+            .partial(
+                "filters",
+                wasm_filter(
+                    "domain-router",
+                    "switchyard_domain_router",
+                    &router_config(),
+                ),
+            )
+            .partial(
+                "route_action",
+                include_str!("../templates/bench/router-route.yaml"),
+            ),
+        Variant::new(
+            "domain-router (100 000 hosts)",
+            sy("domain-router-100k"),
+            BASE,
+        )
+        .partial(
+            "filters",
+            wasm_filter(
+                "domain-router",
+                "switchyard_domain_router",
+                &router_config_with(100_000),
+            ),
+        )
+        .partial(
+            "route_action",
+            include_str!("../templates/bench/router-route.yaml"),
+        ),
+        Variant::new("native virtual hosts (10)", native("domain-router"), BASE).partial(
+            "virtual_hosts",
+            include_str!("../templates/bench/native-vhosts.yaml"),
+        ),
+        Variant::new("access-log (Envoy log sink)", sy("access-log"), BASE).partial(
+            "filters",
+            wasm_filter("access-log", "switchyard_access_log", &access_log_config()),
+        ),
+        Variant::new("native JSON file access log", native("access-log"), BASE).partial(
+            "hcm_extra",
+            include_str!("../templates/bench/native-access-log.yaml"),
+        ),
+        Variant::new(
+            "load-balancer (A58 WRR, override_host)",
+            sy("load-balancer"),
+            BASE,
+        )
+        .partial(
+            "filters",
+            wasm_filter("lb", "switchyard_load_balancer", &lb_config()),
+        )
+        .partial("lb_extra", lb_override),
+        Variant::new("native least_request", native("load-balancer"), BASE).partial(
+            "lb_extra",
+            include_str!("../templates/bench/native-least-request.yaml"),
+        ),
+        Variant::new(
+            "native client_side_weighted_round_robin",
+            native("load-balancer-cswrr"),
+            BASE,
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/native-cswrr.yaml"),
+        ),
+        Variant::new(
+            "switchyard chain (router → rate-limit → lb → access-log)",
+            sy("chain"),
+            BASE,
+        )
+        .partial("filters", chain_filters)
+        .partial(
+            "route_action",
+            include_str!("../templates/bench/router-route.yaml"),
+        )
+        .partial("lb_extra", lb_override),
+        Variant::new(
+            "native chain (vhosts + local_ratelimit + least_request + file log)",
+            native("chain"),
+            BASE,
+        )
+        .partial(
+            "virtual_hosts",
+            include_str!("../templates/bench/native-vhosts.yaml"),
+        )
+        .partial(
+            "filters",
+            include_str!("../templates/bench/native-ratelimit.yaml"),
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/native-least-request.yaml"),
+        )
+        .partial(
+            "hcm_extra",
+            include_str!("../templates/bench/native-access-log.yaml"),
+        ),
+    ]
+}
+
+/// Goals from the benchmark issue.
+pub const GOAL_CHAIN_RATIO_VS_NATIVE: f64 = 0.85;
+pub const GOAL_CPU_US_PER_FILTER: f64 = 10.0;
+
+impl BenchReport {
+    /// The results as a markdown table, goals checked plainly.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Envoy {} · --concurrency 1 · {} rounds × {:?} closed loop ({} connections) · open loop {} req/s\n",
+            self.envoy_version,
+            self.config.rounds,
+            self.config.duration,
+            self.config.connections,
+            self.config.open_loop_rps
+        );
+        let _ = writeln!(
+            out,
+            "| variant | role | req/s | × baseline | × native | CPU µs/req | +CPU µs vs baseline | p50 µs | p99 µs | +RSS MiB | goal |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let base_rss = self.variants.first().map_or(0, |v| v.rss_kib) as f64;
+        let native = |group: &str| {
+            self.variants.iter().find(|v| {
+                v.role
+                    == Role::Native {
+                        group: group.to_string(),
+                    }
+            })
+        };
+        for v in &self.variants {
+            let (role, vs_native, goal) = match &v.role {
+                Role::Baseline => ("baseline".to_string(), "".to_string(), "".to_string()),
+                Role::Native { group } => (format!("native {group}"), "".into(), "".into()),
+                Role::Switchyard { group } => {
+                    let ratio = native(group).map(|n| v.rps / n.rps.max(1e-9));
+                    let vs = ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
+                    let goal = if group == "chain" {
+                        match ratio {
+                            Some(r) if r >= GOAL_CHAIN_RATIO_VS_NATIVE => {
+                                "chain ≥ 0.85× native: met".to_string()
+                            }
+                            Some(r) => format!("chain ≥ 0.85× native: MISSED ({r:.2}×)"),
+                            None => "no native chain to compare".to_string(),
+                        }
+                    } else if v.added_cpu_us <= GOAL_CPU_US_PER_FILTER {
+                        "≤ 10 µs CPU/req: met".to_string()
+                    } else {
+                        format!("≤ 10 µs CPU/req: MISSED ({:.1} µs)", v.added_cpu_us)
+                    };
+                    (format!("switchyard {group}"), vs, goal)
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.3} | {} | {:.2} | {:+.2} | {} | {} | {:+.1} | {} |",
+                v.name,
+                role,
+                v.rps,
+                v.throughput_ratio,
+                vs_native,
+                v.cpu_us_per_request,
+                v.added_cpu_us,
+                v.p50_us,
+                v.p99_us,
+                (v.rss_kib as f64 - base_rss) / 1024.0,
+                goal
+            );
+        }
+        let by_group = |g: &str| {
+            self.variants.iter().find(|v| {
+                v.role
+                    == Role::Switchyard {
+                        group: g.to_string(),
+                    }
+            })
+        };
+        if let (Some(small), Some(large)) =
+            (by_group("domain-router"), by_group("domain-router-100k"))
+        {
+            let r = large.rps / small.rps.max(1e-9);
+            let verdict = if (r - 1.0).abs() <= 0.05 {
+                "met"
+            } else {
+                "MISSED"
+            };
+            let _ = writeln!(
+                out,
+                "\ndomain-router, 100 000 vs 10 hosts: throughput ratio {r:.3} (goal: within 5%: {verdict})"
+            );
+        }
+        let _ = writeln!(out, "\n| module (after wasm-opt) | bytes |\n|---|---:|");
+        for (name, size) in &self.module_sizes {
+            let _ = writeln!(out, "| {name} | {size} |");
+        }
+        out
+    }
+}
+
+/// One load-balancing policy's behaviour under the quality scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct LbQuality {
+    pub name: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Share of requests per backend before and after the slow-down.
+    pub shares_before: BTreeMap<String, f64>,
+    pub shares_after: BTreeMap<String, f64>,
+}
+
+/// Settings of the load-balancing quality run (issue: LB quality).
+#[derive(Debug, Clone, Serialize)]
+pub struct LbQualityConfig {
+    /// Service time of every backend.
+    pub latency_ms: u64,
+    /// Concurrency capacity of the smallest backend (the others have 2× and 4×).
+    pub unit_capacity: usize,
+    /// Offered load as a share of the total capacity.
+    pub load_share: f64,
+    /// Phase length: normal, then the largest backend slowed 4×.
+    pub phase: Duration,
+}
+
+impl Default for LbQualityConfig {
+    fn default() -> Self {
+        LbQualityConfig {
+            latency_ms: 10,
+            unit_capacity: 4,
+            load_share: 0.8,
+            phase: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Backends of capacity 1×/2×/4× reporting their utilization, offered 80 %
+/// of the total capacity open-loop; half-way the largest slows down 4×.
+/// Compares the Switchyard load balancer with Envoy's round_robin,
+/// least_request and client_side_weighted_round_robin on the same backends.
+pub async fn lb_quality(
+    cfg: &LbQualityConfig,
+    envoy_cpu: usize,
+    progress: impl Fn(&str),
+) -> Result<Vec<LbQuality>> {
+    let capacity_rps = |cap: usize| cap as f64 * 1000.0 / cfg.latency_ms as f64;
+    let caps = [
+        cfg.unit_capacity,
+        cfg.unit_capacity * 2,
+        cfg.unit_capacity * 4,
+    ];
+    let rate = caps.iter().map(|c| capacity_rps(*c)).sum::<f64>() * cfg.load_share;
+    let lb = serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS,
+        "weighted_round_robin": {"blackout_period_ms": 1000, "weight_update_period_ms": 200}});
+    let variants = vec![
+        Variant::new(
+            "switchyard load-balancer (A58 WRR)",
+            Role::Switchyard { group: "lb".into() },
+            BASE,
+        )
+        .partial(
+            "filters",
+            wasm_filter("lb", "switchyard_load_balancer", &lb),
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/lb-override-host.yaml"),
+        ),
+        Variant::new(
+            "envoy round_robin",
+            Role::Native { group: "lb".into() },
+            BASE,
+        ),
+        Variant::new(
+            "envoy least_request",
+            Role::Native { group: "lb".into() },
+            BASE,
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/native-least-request.yaml"),
+        ),
+        Variant::new(
+            "envoy client_side_weighted_round_robin",
+            Role::Native { group: "lb".into() },
+            BASE,
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/native-cswrr-fast.yaml"),
+        ),
+    ];
+    let mut out = Vec::new();
+    for v in &variants {
+        progress(&format!("lb quality: {}", v.name));
+        let names = ["x1", "x2", "x4"];
+        let mut backends = Vec::new();
+        for (name, cap) in names.iter().zip(caps) {
+            backends.push(
+                Backend::start(
+                    BackendSpec::new(*name)
+                        .latency_ms(cfg.latency_ms)
+                        .capacity(cap)
+                        .orca(OrcaFormat::Text),
+                )
+                .await?,
+            );
+        }
+        let envoy = start_variant(v, &backends, envoy_cpu, 1).await?;
+        let ingress = envoy.listener("ingress")?;
+        let load = |d| Load::OpenLoop {
+            rate_per_sec: rate,
+            duration: d,
+            max_in_flight: 4096,
+        };
+        let spec = RequestSpec::get(v.host.clone(), v.path.clone());
+        let before = Traffic::new(ingress, load(cfg.phase))
+            .spec(spec.clone())
+            .run()
+            .await?;
+        backends[2].set_latency(crate::backend::Latency::Fixed(Duration::from_millis(
+            cfg.latency_ms * 4,
+        )));
+        let after = Traffic::new(ingress, load(cfg.phase))
+            .spec(spec)
+            .run()
+            .await?;
+        let shares = |r: &crate::traffic::TrafficReport| {
+            names
+                .iter()
+                .map(|n| (n.to_string(), r.share(n)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let requests = before.sent + before.dropped + after.sent + after.dropped;
+        let ok = before.success_count() + after.success_count();
+        let mut latency = before.latency.clone();
+        latency.add(&after.latency).ok();
+        out.push(LbQuality {
+            name: v.name.clone(),
+            requests,
+            errors: requests.saturating_sub(ok),
+            error_rate: requests.saturating_sub(ok) as f64 / requests.max(1) as f64,
+            p50_us: latency.value_at_quantile(0.50),
+            p99_us: latency.value_at_quantile(0.99),
+            shares_before: shares(&before),
+            shares_after: shares(&after),
+        });
+    }
+    Ok(out)
+}
+
+/// The LB quality results as a markdown table.
+pub fn lb_quality_markdown(rows: &[LbQuality], cfg: &LbQualityConfig) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "LB quality: backends of capacity 1×/2×/4× ({} concurrent × {} ms), {}% of total capacity offered open-loop; after {:?} the 4× backend slows down 4×.\n",
+        cfg.unit_capacity,
+        cfg.latency_ms,
+        (cfg.load_share * 100.0).round(),
+        cfg.phase
+    );
+    let _ = writeln!(
+        out,
+        "| policy | requests | error rate | p50 µs | p99 µs | shares before (x1/x2/x4) | shares after |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|---|");
+    let fmt = |m: &BTreeMap<String, f64>| {
+        ["x1", "x2", "x4"]
+            .iter()
+            .map(|k| format!("{:.0}%", m.get(*k).copied().unwrap_or(0.0) * 100.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2}% | {} | {} | {} | {} |",
+            r.name,
+            r.requests,
+            r.error_rate * 100.0,
+            r.p50_us,
+            r.p99_us,
+            fmt(&r.shares_before),
+            fmt(&r.shares_after)
+        );
+    }
+    out
+}
+
+/// Everything `make bench` runs: the variants, then the LB quality run;
+/// writes `bench-<time>.json` and `latest.md` under `out`, prints the tables.
+pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let progress = |step: &str| eprintln!("bench: {step}");
+    let report = run(&standard_variants(), cfg, progress).await?;
+    let lb_cfg = LbQualityConfig::default();
+    let lb = lb_quality(&lb_cfg, cfg.envoy_cpu, progress).await?;
+    std::fs::create_dir_all(out)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let json = out.join(format!("bench-{stamp}.json"));
+    let doc =
+        serde_json::json!({"variants": report, "lb_quality": {"config": lb_cfg, "results": lb}});
+    std::fs::write(&json, serde_json::to_vec_pretty(&doc)?)?;
+    let table = format!(
+        "{}\n{}",
+        report.markdown(),
+        lb_quality_markdown(&lb, &lb_cfg)
+    );
+    std::fs::write(out.join("latest.md"), &table)?;
+    println!("{table}");
+    println!(
+        "results: {} ({:.0} s)",
+        json.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
