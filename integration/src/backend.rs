@@ -11,7 +11,6 @@
 //! runs, so a scenario can slow a backend down, make it fail and recover it.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::{Deref, Index};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,16 +24,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rand::Rng as _;
 use switchyard_proto::Message as _;
 use switchyard_proto::orca::OrcaLoadReport;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// Response header naming the backend that served the request.
 pub const BACKEND_HEADER: &str = "x-switchyard-backend";
@@ -847,7 +843,24 @@ impl Backend {
             by_path: Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        let task = {
+            let counted = shared.clone();
+            let handler = shared.clone();
+            tokio::spawn(async move {
+                crate::server::serve(
+                    listener,
+                    crate::server::Protocol::Http1,
+                    move || {
+                        counted.counters.connections.fetch_add(1, Ordering::SeqCst);
+                    },
+                    move |req| {
+                        let shared = handler.clone();
+                        async move { shared.handle(req).await }
+                    },
+                )
+                .await
+            })
+        };
         Ok(Backend { addr, shared, task })
     }
 
@@ -945,39 +958,6 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Accepts connections until aborted. Connection tasks live in a `JoinSet`
-/// owned by this task, so aborting it drops (aborts) all of them too.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    // Small responses: don't let Nagle add latency.
-                    let _ = stream.set_nodelay(true);
-                    shared.counters.connections.fetch_add(1, Ordering::SeqCst);
-                    let shared = shared.clone();
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(shared.handle(req).await) }
-                        });
-                        // Errors here are clients going away; nothing to do.
-                        let _ = http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-                // E.g. out of file descriptors: back off instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            // Reap finished connections so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
     }
 }
 

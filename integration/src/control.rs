@@ -2,7 +2,6 @@
 //! with an `ETag`, answers `304` to a matching `If-None-Match`, and lets the
 //! test replace the document while Envoy polls it.
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,12 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// What the server has served so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -119,32 +115,19 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req: Request<Incoming>| {
-                            let state = state.clone();
-                            async move {
-                                let resp = handle(&state, &req);
-                                // Drain the request body so keep-alive works.
-                                let _ = req.into_body().collect().await;
-                                Ok::<_, Infallible>(resp)
-                            }
-                        });
-                        let _ = http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    crate::server::serve(
+        listener,
+        crate::server::Protocol::Http1,
+        || {},
+        move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                let resp = handle(&state, &req);
+                // Drain the request body so keep-alive works.
+                let _ = req.into_body().collect().await;
+                resp
+            }
+        },
+    )
+    .await
 }

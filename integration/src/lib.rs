@@ -10,6 +10,8 @@
 //!   distributions.
 //! - [`rls`]: a rate limit service (Envoy RLS gRPC API) with fixed-window
 //!   counting.
+//! - [`scenario`]: YAML scenarios (config, backends with events, traffic
+//!   phases, assertions), replay of access-log recordings, and the report.
 
 pub mod backend;
 pub mod bench;
@@ -20,4 +22,6 @@ pub mod envoy;
 pub mod paths;
 pub mod replay;
 pub mod rls;
+pub mod scenario;
+pub mod server;
 pub mod traffic;

@@ -1,17 +1,22 @@
 //! `switchyard-harness`: runs Switchyard against real Envoy.
 //!
-//! `demo` starts three load-reporting backends and Envoy (Docker when a
-//! daemon answers, else native) with the Switchyard modules that exist, sends
-//! traffic through it and prints what happened.
+//! - `run <scenario.yaml>`: a scenario (see `integration/scenarios/`) with a
+//!   progress bar, a summary table, a JSON result and an HTML report;
+//! - `replay <records.jsonl> --scenario <scenario.yaml>`: access-log records
+//!   replayed against the scenario's Envoy and backends;
+//! - `demo`: the flagship scenario `integration/scenarios/demo.yaml`
+//!   (Envoy in Docker when a daemon answers, else native);
+//! - `bench`: the benchmarks.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
-use switchyard_integration::backend::{BackendSet, BackendSpec, OrcaFormat};
 use switchyard_integration::bench;
-use switchyard_integration::envoy::{EnvoyBuilder, Runtime};
-use switchyard_integration::paths;
-use switchyard_integration::traffic::{self, Load, RequestSpec, Traffic};
+use switchyard_integration::envoy::Runtime;
+use switchyard_integration::scenario::run::{self as scenario_run, ReplayInput, RunOptions};
+use switchyard_integration::scenario::{self, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -25,17 +30,52 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Envoy + backends + traffic, with a summary.
+    /// The flagship scenario (integration/scenarios/demo.yaml): the whole
+    /// filter chain, three load-reporting backends, a bursting client and a
+    /// backend slowing down; prints the table and the report's path.
     Demo {
         /// docker or native (default: docker when a daemon answers).
         #[arg(long)]
         runtime: Option<String>,
-        /// Seconds of traffic.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Concurrent client connections.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
+        /// Stretch or shrink the demo to this many seconds of traffic.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Another scenario file instead of demo.yaml.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a scenario file.
+    Run {
+        /// The scenario (YAML).
+        scenario: PathBuf,
+        /// docker or native (default: docker when a daemon answers).
+        #[arg(long)]
+        runtime: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Replay access-log records (JSON lines) against a scenario's Envoy
+    /// config and backends, at recorded timing or `--speed` times faster.
+    Replay {
+        /// Records written by the access-log filter (e.g. records.jsonl of a run).
+        records: PathBuf,
+        /// The scenario whose Envoy config, backends, events and assertions to use.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// 1 = recorded timing, 2 = twice as fast.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Fail when any host/path/status share differs from the recording's by
+        /// more than this (e.g. 0.03 = 3 points).
+        #[arg(long)]
+        mix_tolerance: Option<f64>,
+        /// docker or native (default: docker when a daemon answers).
+        #[arg(long)]
+        runtime: Option<String>,
+        #[command(flatten)]
+        common: Common,
     },
     /// Every variant against no filter and native Envoy, as ratios.
     Bench {
@@ -54,6 +94,23 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Clone, Debug)]
+struct Common {
+    /// Where result.json, report.html and records.jsonl go (default:
+    /// integration/out/<scenario>-<mode>-<time>/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Short durations: every time in the scenario times its quick_scale.
+    #[arg(long)]
+    quick: bool,
+    /// Every time in the scenario times this factor.
+    #[arg(long, conflicts_with = "quick")]
+    scale: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
 fn runtime_from(arg: Option<String>) -> Result<Runtime> {
     match arg.as_deref() {
         None => Runtime::from_env(),
@@ -64,19 +121,55 @@ fn runtime_from(arg: Option<String>) -> Result<Runtime> {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match real_main().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit 0: passed; 1: an assertion failed (named on stderr); 2: the run
+/// could not be done (bad scenario, Envoy refused the config, ...).
+async fn real_main() -> Result<ExitCode> {
     match Cli::parse().command {
         Command::Demo {
             runtime,
             seconds,
-            concurrency,
+            scenario,
+            common,
         } => {
-            demo(
-                runtime_from(runtime)?,
-                Duration::from_secs(seconds),
-                concurrency,
-            )
-            .await
+            let path = scenario.unwrap_or_else(|| scenario::scenarios_dir().join("demo.yaml"));
+            let s = Scenario::load(&path)?;
+            let mut common = common;
+            if let Some(secs) = seconds {
+                let planned = s.traffic_duration().as_secs_f64().max(0.001);
+                common.scale = Some(secs.max(1) as f64 / planned);
+                common.quick = false;
+            }
+            run_and_report(&s, runtime, &common, None, None).await
+        }
+        Command::Run {
+            scenario,
+            runtime,
+            common,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            run_and_report(&s, runtime, &common, None, None).await
+        }
+        Command::Replay {
+            records,
+            scenario,
+            speed,
+            mix_tolerance,
+            runtime,
+            common,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            let input = ReplayInput { records, speed };
+            run_and_report(&s, runtime, &common, Some(input), mix_tolerance).await
         }
         Command::Bench {
             rounds,
@@ -90,95 +183,55 @@ async fn main() -> Result<()> {
                 envoy_cpu,
                 ..bench::BenchConfig::default()
             };
-            bench_main(&cfg, &out).await
+            bench_main(&cfg, &out).await.map(|()| ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn run_and_report(
+    s: &Scenario,
+    runtime: Option<String>,
+    common: &Common,
+    replay: Option<ReplayInput>,
+    mix_tolerance: Option<f64>,
+) -> Result<ExitCode> {
+    let scale = match (common.quick, common.scale) {
+        (true, _) => s.quick_scale,
+        (false, Some(f)) => f,
+        (false, None) => 1.0,
+    };
+    let started = std::time::Instant::now();
+    let opts = RunOptions {
+        runtime: Some(runtime_from(runtime)?),
+        out_dir: common.out.clone(),
+        scale,
+        progress: !common.no_progress,
+        replay,
+        mix_tolerance,
+    };
+    let out = scenario_run::run(s, opts).await?;
+    println!("{}", out.table);
+    println!("result:  {}", out.json.display());
+    if let Some(r) = &out.records {
+        println!("records: {}", r.display());
+    }
+    println!("report:  {}", out.html.display());
+    println!(
+        "{} {} in {:.1} s",
+        s.name,
+        if out.passed() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if out.passed() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in out.result.failures() {
+            eprintln!("FAILED: {f}");
+        }
+        Ok(ExitCode::from(1))
     }
 }
 
 async fn bench_main(cfg: &bench::BenchConfig, out: &std::path::Path) -> Result<()> {
     bench::run_and_write(cfg, out).await
-}
-
-async fn demo(runtime: Runtime, duration: Duration, concurrency: usize) -> Result<()> {
-    println!("== Switchyard demo ({} runtime)", runtime.name());
-    let backends = BackendSet::start_all(vec![
-        BackendSpec::new("small")
-            .latency_ms(4)
-            .capacity(4)
-            .orca(OrcaFormat::Text),
-        BackendSpec::new("medium")
-            .latency_ms(4)
-            .capacity(8)
-            .orca(OrcaFormat::Json),
-        BackendSpec::new("large")
-            .latency_ms(4)
-            .capacity(16)
-            .orca(OrcaFormat::BinHeader),
-    ])
-    .await?;
-    paths::wasm_module("switchyard-fixture-filter")?;
-    let endpoints: Vec<serde_json::Value> = backends
-        .addrs()
-        .iter()
-        .map(|(_, a)| serde_json::json!({"ip": a.ip().to_string(), "port": a.port()}))
-        .collect();
-    let template = paths::workspace_root().join("integration/templates/fixture.yaml");
-    let envoy = EnvoyBuilder::from_file(runtime, template)?
-        .var("fixture_config", r#"{"stamp": "switchyard-demo"}"#)
-        .var("backends", endpoints)
-        .concurrency(2)
-        .start()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ingress = envoy.listener("ingress")?;
-    println!(
-        "envoy ready: ingress http://{ingress}  admin http://{}",
-        envoy.admin_addr()
-    );
-
-    let probe = traffic::get(ingress, "demo.local", "/", &[]).await?;
-    println!(
-        "probe: {} from backend {:?}, filter stamp {:?}, load report {:?}",
-        probe.status,
-        probe.header("x-switchyard-backend").unwrap_or("-"),
-        probe.header("x-switchyard-fixture").unwrap_or("-"),
-        probe
-            .header("endpoint-load-metrics")
-            .or(probe.header("endpoint-load-metrics-bin"))
-            .unwrap_or("-"),
-    );
-
-    println!("sending traffic for {duration:?} with {concurrency} connections ...");
-    let report = Traffic::new(
-        ingress,
-        Load::ClosedLoop {
-            concurrency,
-            duration,
-        },
-    )
-    .spec(RequestSpec::get("demo.local", "/"))
-    .run()
-    .await
-    .context("running traffic")?;
-    println!("{}", report.summary_table());
-    println!("backend   served  max-in-flight  capacity");
-    for (name, stats) in backends.stats() {
-        let cap = backends.get(&name).and_then(|b| b.capacity()).unwrap_or(0);
-        println!(
-            "{name:<9} {:>6}  {:>13}  {cap:>8}",
-            stats.requests, stats.max_in_flight
-        );
-    }
-    let stats = envoy.stats().await?;
-    for key in [
-        "http.ingress.downstream_rq_2xx",
-        "http.ingress.downstream_rq_5xx",
-        "cluster.backends.upstream_rq_total",
-    ] {
-        println!("envoy {key} = {}", stats.get(key).copied().unwrap_or(0));
-    }
-    if report.success_count() == 0 {
-        bail!("no request succeeded");
-    }
-    Ok(())
 }

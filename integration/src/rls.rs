@@ -18,15 +18,12 @@ use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard_proto::Message as _;
 use switchyard_proto::prost_types;
 use switchyard_proto::rls::{RateLimitRequest, RateLimitResponse, rate_limit_response};
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// The gRPC path of `ShouldRateLimit`.
 pub const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -132,28 +129,16 @@ impl Drop for RlsServer {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                        });
-                        let _ = http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    crate::server::serve(
+        listener,
+        crate::server::Protocol::Http2,
+        || {},
+        move |req| {
+            let state = state.clone();
+            async move { handle(&state, req).await }
+        },
+    )
+    .await
 }
 
 type GrpcBody = http_body_util::combinators::WithTrailers<

@@ -53,6 +53,15 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The 64-bit finaliser of MurmurHash3: every input bit affects every output bit.
+pub fn mix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! its own policy (e.g. a rate limiter lets colliding keys share one bucket,
 //! erring toward limiting, never toward letting everything through).
 
-use crate::codec::fnv1a64;
+use crate::codec::{fnv1a64, mix64};
 
 /// A fixed number of shared-data keys (`<prefix>/<slot>`) standing in for an
 /// unbounded key space. Memory is bounded by `slots × value size` no matter
@@ -51,15 +51,6 @@ impl SlotTable {
             fingerprint,
         }
     }
-}
-
-/// The 64-bit finaliser of MurmurHash3: every input bit affects every output bit.
-fn mix64(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 #[cfg(test)]

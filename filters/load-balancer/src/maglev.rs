@@ -104,14 +104,8 @@ impl Maglev {
     }
 }
 
-/// MurmurHash3's finaliser: spreads FNV's weak low bits.
-pub fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+/// MurmurHash3's finaliser (the SDK's): spreads FNV's weak low bits.
+pub use switchyard_sdk::codec::mix64 as mix;
 
 #[cfg(test)]
 mod tests {

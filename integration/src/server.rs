@@ -1,0 +1,75 @@
+//! The one accept loop behind every test server of the harness (backends,
+//! discovery, control, RLS).
+
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Wire protocol of a test server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 with prior knowledge (gRPC).
+    Http2,
+}
+
+/// Serves `listener` until the calling task is aborted. Connection tasks live
+/// in a `JoinSet` owned by this future, so aborting it closes every
+/// connection too (a stopped server refuses and resets, like a dead one).
+/// `on_accept` runs once per accepted connection (e.g. to count them).
+pub async fn serve<H, Fut, B>(
+    listener: TcpListener,
+    protocol: Protocol,
+    on_accept: impl Fn(),
+    handle: H,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small responses: don't let Nagle add latency.
+                    let _ = stream.set_nodelay(true);
+                    on_accept();
+                    let handle = handle.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let fut = handle(req);
+                            async move { Ok::<_, Infallible>(fut.await) }
+                        });
+                        let io = TokioIo::new(stream);
+                        // Errors here are clients going away; nothing to do.
+                        let _ = match protocol {
+                            Protocol::Http1 => http1::Builder::new()
+                                .keep_alive(true)
+                                .max_buf_size(256 * 1024)
+                                .serve_connection(io, svc)
+                                .await,
+                            Protocol::Http2 => http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, svc)
+                                .await,
+                        };
+                    });
+                }
+                // E.g. out of file descriptors: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
