@@ -4,6 +4,7 @@
 //! requests and the load balancer's weights, all over time, with the
 //! backend events marked).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{Result, anyhow};
@@ -202,8 +203,18 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
     let over_t = |v: &[Option<f64>]| -> Vec<Option<(f64, f64)>> {
         s.t.iter().zip(v).map(|(t, y)| y.map(|y| (*t, y))).collect()
     };
-    let sampled = |v: &[[f64; 2]]| -> Vec<Option<(f64, f64)>> {
-        v.iter().map(|p| Some((p[0], p[1]))).collect()
+    // One line per backend from `[t, value]` samples, and the largest value.
+    let sampled_lines = |series: &BTreeMap<String, Vec<[f64; 2]>>| -> (Vec<Line>, f64) {
+        let lines = series
+            .iter()
+            .map(|(b, v)| Line {
+                name: b.clone(),
+                color: color_of(b),
+                points: v.iter().map(|p| Some((p[0], p[1]))).collect(),
+            })
+            .collect();
+        let y = series.values().flatten().fold(0.0f64, |a, p| a.max(p[1]));
+        (lines, y)
     };
     let mut out = Vec::new();
 
@@ -299,20 +310,7 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
         )?,
     ));
 
-    let lines: Vec<Line> = s
-        .utilization
-        .iter()
-        .map(|(b, v)| Line {
-            name: b.clone(),
-            color: color_of(b),
-            points: sampled(v),
-        })
-        .collect();
-    let y = s
-        .utilization
-        .values()
-        .flatten()
-        .fold(0.0f64, |a, p| a.max(p[1]));
+    let (lines, y) = sampled_lines(&s.utilization);
     out.push((
         "Reported utilization per backend".to_string(),
         chart(
@@ -326,20 +324,7 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
         )?,
     ));
 
-    let lines: Vec<Line> = s
-        .in_flight
-        .iter()
-        .map(|(b, v)| Line {
-            name: b.clone(),
-            color: color_of(b),
-            points: sampled(v),
-        })
-        .collect();
-    let y = s
-        .in_flight
-        .values()
-        .flatten()
-        .fold(0.0f64, |a, p| a.max(p[1]));
+    let (lines, y) = sampled_lines(&s.in_flight);
     out.push((
         "Requests in flight per backend".to_string(),
         chart(
@@ -354,20 +339,7 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
     ));
 
     if !s.weights.is_empty() {
-        let lines: Vec<Line> = s
-            .weights
-            .iter()
-            .map(|(b, v)| Line {
-                name: b.clone(),
-                color: color_of(b),
-                points: sampled(v),
-            })
-            .collect();
-        let y = s
-            .weights
-            .values()
-            .flatten()
-            .fold(0.0f64, |a, p| a.max(p[1]));
+        let (lines, y) = sampled_lines(&s.weights);
         out.push((
             "Load-balancer weights".to_string(),
             chart(
