@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every wasm crate (filters/* and the integration fixture) for
+# Builds every wasm crate (modules/*, template filters, the integration fixture) for
 # wasm32-wasip1 in release, runs wasm-opt when present, and copies the modules
 # to build/wasm/<crate>.wasm. Prints a size table. Cargo and the mtime check
 # make a second run a no-op.
@@ -30,8 +30,8 @@ wasm_opt_flags=(-O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-glob
     --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types)
 printf '%-32s %12s %12s\n' module "cargo (B)" "shipped (B)" > "$out/sizes.txt"
 while read -r dir; do
-    name=$(crate_name "$dir" | tr - _)
-    src="$target_dir/wasm32-wasip1/release/$name.wasm"
+    src="$target_dir/wasm32-wasip1/release/$(crate_name "$dir" | tr - _).wasm"
+    name=$(module_file "$dir")
     dst="$out/$name.wasm"
     [ -f "$src" ] || die "missing $src"
     # Redo the copy when the source module (path, size or mtime) changed: a

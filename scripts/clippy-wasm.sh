@@ -9,5 +9,5 @@ if [ "$(cat "$BUILD/wasm-route")" != rustup ]; then
     exit 0
 fi
 pkgs=()
-while read -r dir; do pkgs+=(-p "$(crate_name "$dir")"); done < <(wasm_crate_dirs)
+while read -r dir; do pkgs+=(-p "$(crate_name "$dir")"); done < <(wasm_lint_dirs)
 cargo clippy --release --target wasm32-wasip1 "${pkgs[@]}" -- -D warnings

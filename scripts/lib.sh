@@ -22,11 +22,27 @@ apt_install() {
 }
 
 # The wasm crates: every filter plus the integration fixture.
+# Crates that build a shipped .wasm: modules/* (each stage alone, and the
+# chain), filters made from the template (they are their own module), and
+# the integration fixture.
 wasm_crate_dirs() {
     local d
-    for d in "$ROOT"/filters/*/ "$ROOT"/integration/fixture-filter/; do
+    for d in "$ROOT"/modules/*/ "$ROOT"/filters/*/ "$ROOT"/integration/fixture-filter/; do
+        [ -f "$d/Cargo.toml" ] || continue
+        grep -q '"cdylib"' "$d/Cargo.toml" && printf '%s\n' "${d%/}"
+    done
+}
+
+# Every wasm crate for clippy on wasm32: the above plus the stage libraries.
+wasm_lint_dirs() {
+    local d
+    for d in "$ROOT"/modules/*/ "$ROOT"/filters/*/ "$ROOT"/integration/fixture-filter/; do
         [ -f "$d/Cargo.toml" ] && printf '%s\n' "${d%/}"
     done
 }
+
+# The shipped file name of a wasm crate: `switchyard-rate-limit-module`
+# ships as `switchyard_rate_limit.wasm`.
+module_file() { local n; n=$(crate_name "$1"); n=${n%-module}; printf '%s\n' "${n//-/_}"; }
 
 crate_name() { sed -n 's/^name *= *"\(.*\)"/\1/p' "$1/Cargo.toml" | head -n1; }

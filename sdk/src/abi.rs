@@ -1,11 +1,8 @@
 //! Raw proxy-wasm ABI 0.2.1 imports, with the status as a plain `u32`.
 //!
-//! `proxy_wasm::hostcalls` panics on any status it does not expect (and its
-//! string getters panic on non-UTF-8 header values); a panic traps the VM and
-//! Envoy answers 503. These declarations let [`crate::host`] turn every status
-//! into a value instead. The symbols are the same imports the `proxy-wasm`
-//! crate declares, so the module's import list does not grow; natively they
-//! resolve to the `switchyard-emulator` host.
+//! [`crate::host`] turns every status into a value (a panic would trap the
+//! VM and Envoy would answer 503). Natively the symbols resolve to the
+//! `switchyard-emulator` host.
 
 #[cfg_attr(target_arch = "wasm32", link(wasm_import_module = "env"))]
 unsafe extern "C" {
@@ -126,4 +123,31 @@ unsafe extern "C" {
     pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     pub fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+    pub fn proxy_set_effective_context(context_id: u32) -> u32;
+    pub fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    pub fn proxy_grpc_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        service_name_data: *const u8,
+        service_name_size: usize,
+        method_name_data: *const u8,
+        method_name_size: usize,
+        initial_metadata_data: *const u8,
+        initial_metadata_size: usize,
+        message_data: *const u8,
+        message_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
 }

@@ -2,17 +2,72 @@
 //!
 //! Every function returns the host's status as a [`HostError`] instead of
 //! panicking; header values stay bytes (clients can send anything). This is
-//! the only module that talks to the host: through [`crate::abi`] for the
-//! calls `proxy_wasm::hostcalls` would panic on, and through
-//! `proxy_wasm::hostcalls` for dispatching callouts, because the dispatcher
-//! must learn their tokens to route the responses back.
+//! the only module that calls the host's imports ([`crate::abi`]); the
+//! callbacks the host makes into the module are in [`crate::dispatch`].
 
 use crate::abi;
 use crate::wire;
 use std::ptr::null_mut;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, StreamType};
+/// Header maps of the ABI (`proxy_get_header_map_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MapType {
+    HttpRequestHeaders = 0,
+    HttpRequestTrailers = 1,
+    HttpResponseHeaders = 2,
+    HttpResponseTrailers = 3,
+    GrpcReceiveInitialMetadata = 4,
+    GrpcReceiveTrailingMetadata = 5,
+    HttpCallResponseHeaders = 6,
+    HttpCallResponseTrailers = 7,
+}
+
+/// Buffers of the ABI (`proxy_get_buffer_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BufferType {
+    HttpRequestBody = 0,
+    HttpResponseBody = 1,
+    DownstreamData = 2,
+    UpstreamData = 3,
+    HttpCallResponseBody = 4,
+    GrpcReceiveBuffer = 5,
+    VmConfiguration = 6,
+    PluginConfiguration = 7,
+}
+
+/// Log levels of the ABI (`proxy_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+/// Metric kinds of the ABI (`proxy_define_metric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MetricType {
+    Counter = 0,
+    Gauge = 1,
+    Histogram = 2,
+}
+
+/// Streams of the ABI (`proxy_continue_stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum StreamType {
+    HttpRequest = 0,
+    HttpResponse = 1,
+    Downstream = 2,
+    Upstream = 3,
+}
 
 use crate::status::code as status;
 pub use crate::status::{HostError, HostResult, code};
@@ -375,6 +430,15 @@ pub fn call_foreign_function(name: &str, args: &[u8]) -> HostResult<Option<Vec<u
     Ok(unsafe { take(ptr, len) })
 }
 
+/// Makes `context_id` the context later host calls act on (Envoy delivers
+/// callout answers on another context than the one that sent them).
+pub fn set_effective_context(context_id: u32) -> HostResult<()> {
+    // SAFETY: plain value.
+    check("proxy_set_effective_context", unsafe {
+        abi::proxy_set_effective_context(context_id)
+    })
+}
+
 // ---- metrics ----
 
 pub fn define_metric(kind: MetricType, name: &str) -> HostResult<u32> {
@@ -411,25 +475,46 @@ pub fn metric_value(id: u32) -> HostResult<u64> {
 
 // ---- callouts ----
 
-/// Dispatches an HTTP call to Envoy cluster `cluster`; the answer arrives in
-/// the calling context's `on_http_call_response` with the returned token.
+fn timeout_ms(timeout: Duration) -> u32 {
+    u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Dispatches an HTTP call to Envoy cluster `cluster`; the answer arrives
+/// as `proxy_on_http_call_response` on the calling context, with the
+/// returned token. Envoy refuses with BadArgument for an unknown cluster
+/// or missing `:method`, `:path`, `:authority`.
 pub fn dispatch_http_call(
     cluster: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> HostResult<u32> {
-    // Envoy answers this call with Ok, BadArgument (unknown cluster, missing
-    // pseudo-headers) or InternalFailure, which proxy-wasm all maps to values.
-    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, Vec::new(), timeout)
-        .map_err(|s| HostError {
-            call: "proxy_http_call",
-            status: s as u32,
-        })
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let headers = wire::encode_map(&pairs);
+    let trailers = wire::encode_map::<&str, &[u8]>(&[]);
+    let body = body.unwrap_or_default();
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths describe live slices; out-pointer to a local.
+    check("proxy_http_call", unsafe {
+        abi::proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms(timeout),
+            &mut token,
+        )
+    })?;
+    crate::dispatch::callout_sent(crate::dispatch::Callout::Http, token);
+    Ok(token)
 }
 
-/// Dispatches a unary gRPC call; the answer arrives in the calling context's
-/// `on_grpc_call_response`.
+/// Dispatches a unary gRPC call; the answer arrives as `proxy_on_grpc_receive`
+/// (success) or `proxy_on_grpc_close` (failure) on the calling context.
 pub fn dispatch_grpc_call(
     cluster: &str,
     service: &str,
@@ -438,16 +523,25 @@ pub fn dispatch_grpc_call(
     message: &[u8],
     timeout: Duration,
 ) -> HostResult<u32> {
-    proxy_wasm::hostcalls::dispatch_grpc_call(
-        cluster,
-        service,
-        method,
-        metadata.to_vec(),
-        Some(message),
-        timeout,
-    )
-    .map_err(|s| HostError {
-        call: "proxy_grpc_call",
-        status: s as u32,
-    })
+    let metadata = wire::encode_map(metadata);
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths describe live slices; out-pointer to a local.
+    check("proxy_grpc_call", unsafe {
+        abi::proxy_grpc_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms(timeout),
+            &mut token,
+        )
+    })?;
+    crate::dispatch::callout_sent(crate::dispatch::Callout::Grpc, token);
+    Ok(token)
 }

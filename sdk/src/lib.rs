@@ -6,6 +6,10 @@
 //!   cached snapshots and a bounded key space.
 //! - [`lease`], [`vm`]: periodic work on one worker at a time.
 //! - [`callout`]: HTTP and gRPC callouts with closures.
+//! - [`stage`], [`module`]: the SDK owns the proxy-wasm contexts; a filter
+//!   is a [`stage::Stage`], built alone or in a chain module.
+//! - [`headers`]: header maps read once per phase, repeated headers kept.
+//! - [`job`]: periodic work once per interval across workers.
 //! - [`metrics`], [`properties`], [`client_addr`], [`http`], [`logging`].
 //!
 //! The pure modules (config, wire, codec, slots, client_addr, lease rules,
@@ -16,6 +20,8 @@ pub mod callout;
 pub mod client_addr;
 pub mod codec;
 pub mod config;
+pub mod headers;
+pub mod job;
 pub mod lease;
 pub mod properties;
 pub mod slots;
@@ -25,6 +31,8 @@ pub mod wire;
 #[cfg(feature = "host")]
 mod abi;
 #[cfg(feature = "host")]
+pub mod dispatch;
+#[cfg(feature = "host")]
 pub mod host;
 #[cfg(feature = "host")]
 pub mod http;
@@ -33,10 +41,10 @@ pub mod logging;
 #[cfg(feature = "host")]
 pub mod metrics;
 #[cfg(feature = "host")]
+pub mod module;
+#[cfg(feature = "host")]
 pub mod shared;
 #[cfg(feature = "host")]
-pub mod vm;
-
-/// The proxy-wasm crate this SDK is built on (traits and types for contexts).
+pub mod stage;
 #[cfg(feature = "host")]
-pub use proxy_wasm;
+pub mod vm;

@@ -1,17 +1,17 @@
-//! The SDK through the real proxy-wasm dispatcher in the host emulator:
-//! CAS under contention, lease failover, callouts, config refusal.
+//! The SDK through its own ABI dispatcher in the host emulator: CAS under
+//! contention, lease failover, once-per-interval jobs, callouts, config
+//! refusal, bytes in headers.
 
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::time::Duration;
 use switchyard_emulator::{CallOutcome, Host};
-use switchyard_sdk::callout::{CalloutError, Callouts, HttpRequest};
-use switchyard_sdk::config::{ConfigError, Validate, ensure, load_plugin_config};
+use switchyard_sdk::callout::{CalloutError, HttpRequest};
+use switchyard_sdk::config::{ConfigError, Validate, ensure};
+use switchyard_sdk::job::Job;
 use switchyard_sdk::lease::Lease;
-use switchyard_sdk::proxy_wasm;
-use switchyard_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use switchyard_sdk::proxy_wasm::types::ContextType;
 use switchyard_sdk::shared::{SharedValue, Update, UpdateError};
+use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpec};
 use switchyard_sdk::{host, vm};
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,16 +28,43 @@ impl Validate for TestConfig {
 }
 
 /// A root context that elects a tick leader and, as leader, polls a cluster.
-struct TestRoot {
-    lease: Option<Lease>,
-    config: Option<TestConfig>,
-    callouts: Callouts,
+/// A stage that elects a tick leader and, as leader, polls a cluster; its
+/// streams record what they see of `x-bin`.
+struct TestStage {
+    lease: Lease,
+    job: Job,
+    config: TestConfig,
+}
+
+const SPEC: StageSpec = StageSpec {
+    name: "sdk_test",
+    filter: "sdk-test",
+    build,
+};
+
+fn build(raw: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+    let config: TestConfig = switchyard_sdk::config::parse(raw)?;
+    Ok(Box::new(TestStage {
+        lease: Lease::new(
+            "test/leader-lease",
+            Duration::from_millis(config.lease_ttl_ms),
+            vm::instance_id(),
+        ),
+        job: Job::new("test/job", Duration::from_secs(1)),
+        config,
+    }))
+}
+
+extern "C" fn init() {
+    switchyard_sdk::module::install_single(SPEC);
 }
 
 thread_local! {
     /// The last poll outcome in this VM ("ok 200" / "err ..."), read by tests
     /// through `Worker::run`.
     static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// How often this VM won the job's claim.
+    static JOB_RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 fn record_poll(outcome: Result<u16, CalloutError>) {
@@ -52,78 +79,40 @@ fn last_poll() -> Option<String> {
     LAST.with(|l| l.borrow().clone())
 }
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(TestRoot {
-            lease: None,
-            config: None,
-            callouts: Callouts::new(),
-        })
-    });
-}}
-
-impl Context for TestRoot {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        self.callouts.on_http_response(token, body_size);
-    }
-}
-
-/// Streams record what the SDK reads of `x-bin` during the request callback.
-struct TestStream;
-impl Context for TestStream {}
-impl HttpContext for TestStream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
-        use switchyard_sdk::http::REQUEST;
-        let seen = (REQUEST.get("x-bin"), REQUEST.get_str("x-bin"));
-        SEEN.with(|s| *s.borrow_mut() = Some(seen));
-        proxy_wasm::types::Action::Continue
-    }
-}
-
 type Seen = (Option<Vec<u8>>, Option<String>);
 
 thread_local! {
     static SEEN: RefCell<Option<Seen>> = const { RefCell::new(None) };
 }
 
-impl RootContext for TestRoot {
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+impl Stage for TestStage {
+    fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
+        let map = ex.request();
+        let seen = (
+            map.get("x-bin").map(<[u8]>::to_vec),
+            map.get_str("x-bin").map(str::to_string),
+        );
+        SEEN.with(|s| *s.borrow_mut() = Some(seen));
+        Flow::Continue
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TestStream))
+    fn tick_period(&self) -> Option<Duration> {
+        Some(Duration::from_millis(500))
     }
 
-    fn on_vm_start(&mut self, _: usize) -> bool {
-        switchyard_sdk::logging::init();
-        true
-    }
-
-    fn on_configure(&mut self, _: usize) -> bool {
-        let Some(config) = load_plugin_config::<TestConfig>("sdk-test") else {
-            return false;
-        };
-        self.lease = Some(Lease::new(
-            "test/leader-lease",
-            Duration::from_millis(config.lease_ttl_ms),
-            vm::instance_id(),
-        ));
-        self.config = Some(config);
-        host::set_tick_period(Duration::from_millis(500)).is_ok()
-    }
-
-    fn on_tick(&mut self) {
-        let Some(lease) = &self.lease else { return };
-        if !lease.acquire().unwrap_or(false) {
+    fn on_tick(&self, root: &RootServices) {
+        if self.job.claim(host::now_nanos()) {
+            JOB_RUNS.with(|r| r.set(r.get() + 1));
+        }
+        if !self.lease.acquire().unwrap_or(false) {
             return;
         }
         let leader = SharedValue::<u64>::new("test/leader");
         let _ = leader.set(&vm::instance_id());
-        if let Some(cluster) = self.config.as_ref().and_then(|c| c.poll_cluster.clone()) {
-            let sent = self
+        if let Some(cluster) = &self.config.poll_cluster {
+            let sent = root
                 .callouts
-                .http(HttpRequest::get(&cluster, "/endpoints"), |r| {
+                .http(HttpRequest::get(cluster, "/endpoints"), |r| {
                     record_poll(r.map(|resp| resp.status))
                 });
             if let Err(e) = sent {
@@ -142,7 +131,7 @@ fn shared_u64(host: &Host, key: &str) -> Option<u64> {
 
 #[test]
 fn two_workers_hammering_one_counter_lose_no_update() {
-    let host = Host::new(_initialize).plugin_config(CONFIG).build();
+    let host = Host::new(init).plugin_config(CONFIG).build();
     let workers = [host.start_worker(), host.start_worker()];
     const PER_WORKER: u64 = 5_000;
     // Keys known up front are created at configure time (see shared.rs).
@@ -194,7 +183,7 @@ fn two_workers_hammering_one_counter_lose_no_update() {
 
 #[test]
 fn lease_fails_over_when_the_holder_stops_ticking() {
-    let host = Host::new(_initialize).plugin_config(CONFIG).build();
+    let host = Host::new(init).plugin_config(CONFIG).build();
     let a = host.start_worker();
     let b = host.start_worker();
     let id_a = a.run(vm::instance_id);
@@ -239,7 +228,7 @@ fn lease_fails_over_when_the_holder_stops_ticking() {
 #[test]
 fn leader_callouts_resolve_through_closures() {
     let config = r#"{"lease_ttl_ms": 3000, "poll_cluster": "control"}"#;
-    let host = Host::new(_initialize)
+    let host = Host::new(init)
         .plugin_config(config)
         .clusters(["control"])
         .build();
@@ -284,7 +273,7 @@ fn leader_callouts_resolve_through_closures() {
 #[test]
 fn dispatch_to_an_unknown_cluster_is_an_error_value() {
     let config = r#"{"lease_ttl_ms": 3000, "poll_cluster": "nope"}"#;
-    let host = Host::new(_initialize)
+    let host = Host::new(init)
         .plugin_config(config)
         .clusters(["control"])
         .build();
@@ -301,22 +290,20 @@ fn dispatch_to_an_unknown_cluster_is_an_error_value() {
 
 #[test]
 fn bad_config_is_refused_with_the_field_named() {
-    let host = Host::new(_initialize)
+    let host = Host::new(init)
         .plugin_config(r#"{"lease_ttl_ms": 0}"#)
         .build();
     let w = host.start_worker();
     assert!(!w.configured());
     host.expect_log_contains("sdk-test: invalid configuration: lease_ttl_ms: must be > 0");
-    let host = Host::new(_initialize)
-        .plugin_config(r#"{"lease_ttl": 5}"#)
-        .build();
+    let host = Host::new(init).plugin_config(r#"{"lease_ttl": 5}"#).build();
     assert!(!host.start_worker().configured());
     host.expect_log_contains("unknown field `lease_ttl`");
 }
 
 #[test]
 fn header_values_that_are_not_utf8_do_not_panic() {
-    let host = Host::new(_initialize).plugin_config(CONFIG).build();
+    let host = Host::new(init).plugin_config(CONFIG).build();
     let w = host.start_worker();
     let s = w.http_stream();
     s.request_headers_bytes(&[(":path", b"/"), ("x-bin", b"\xff\xfe\x00ok")], true);
@@ -327,13 +314,24 @@ fn header_values_that_are_not_utf8_do_not_panic() {
     assert_eq!(text, None, "not UTF-8: no string, and no panic");
     // Outside its callback Envoy refuses the map (BadArgument), which
     // proxy-wasm's getters turn into a panic; the SDK returns a value.
-    let (err, absent) = s.run(|| {
-        use switchyard_sdk::http::REQUEST;
-        (
-            host::header(host::MapType::HttpRequestHeaders, "x-bin").err(),
-            REQUEST.get("x-bin"),
-        )
-    });
+    let err = s.run(|| host::header(host::MapType::HttpRequestHeaders, "x-bin").err());
     assert_eq!(err.map(|e| e.status), Some(host::code::BAD_ARGUMENT));
-    assert_eq!(absent, None);
+}
+
+#[test]
+fn a_job_runs_once_per_interval_whatever_the_worker_count() {
+    let host = Host::new(init).plugin_config(CONFIG).build();
+    let workers: Vec<_> = (0..4).map(|_| host.start_worker()).collect();
+    // 10 s of ticks every 500 ms on four workers: a 1 s job runs 10 times.
+    for _ in 0..20 {
+        for w in &workers {
+            w.tick();
+        }
+        host.advance(Duration::from_millis(500));
+    }
+    let runs: u32 = workers
+        .iter()
+        .map(|w| w.run(|| JOB_RUNS.with(|r| r.get())))
+        .sum();
+    assert_eq!(runs, 10, "once per interval across workers");
 }

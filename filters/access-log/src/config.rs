@@ -162,6 +162,15 @@ impl Default for HttpSink {
     }
 }
 
+/// Header names of the Switchyard decisions. A client (or an upstream) can
+/// send them, so they are never copied into a record: the decisions are the
+/// `switchyard_*` fields, taken from the stages themselves.
+pub const DECISION_HEADERS: [&str; 3] = [
+    "x-switchyard-route",
+    "x-switchyard-endpoint",
+    "x-switchyard-ratelimit",
+];
+
 fn header_name_ok(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -181,10 +190,23 @@ fn headers_ok(field: &str, names: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Selected headers: valid names, and no forgeable copy of a decision.
+fn selected_ok(field: &str, names: &[String]) -> Result<(), ConfigError> {
+    headers_ok(field, names)?;
+    for (i, name) in names.iter().enumerate() {
+        ensure(
+            !DECISION_HEADERS.contains(&name.as_str()),
+            &format!("{field}[{i}]"),
+            "is a Switchyard decision header a client can forge; the decision is logged as a switchyard_* field",
+        )?;
+    }
+    Ok(())
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        headers_ok("request_headers", &self.request_headers)?;
-        headers_ok("response_headers", &self.response_headers)?;
+        selected_ok("request_headers", &self.request_headers)?;
+        selected_ok("response_headers", &self.response_headers)?;
         headers_ok("redact", &self.redact)?;
         ensure(
             self.max_field_bytes >= 16,
@@ -310,6 +332,20 @@ mod tests {
             parse(br#"{"naming":"otel","http":{"cluster":"c","format":"otlp_json"}}"#).unwrap();
         assert_eq!(c.naming, Naming::Otel);
         assert_eq!(c.http.unwrap().format, Format::OtlpJson);
+    }
+
+    #[test]
+    fn decision_headers_cannot_be_selected() {
+        for field in ["request_headers", "response_headers"] {
+            for name in DECISION_HEADERS {
+                let json = format!(r#"{{"{field}":["x-ok","{name}"]}}"#);
+                let e = parse::<Config>(json.as_bytes()).unwrap_err().to_string();
+                assert!(
+                    e.starts_with(&format!("{field}[1]: is a Switchyard decision")),
+                    "{e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,33 +1,91 @@
-//! Records as bytes: one JSON line per record, and batch bodies (JSON lines
-//! or OTLP/HTTP JSON logs).
+//! Records as bytes: JSON string escaping for the record writer
+//! ([`crate::record::line`]), and batch bodies (JSON lines or OTLP/HTTP JSON
+//! logs).
 //!
 //! Log injection (Envoy CVE-2024-45808) is impossible by construction: every
-//! value is a JSON string written by serde_json, which escapes `"`, `\` and
-//! every control character (CR, LF and NUL included); invalid UTF-8 was
-//! already replaced by U+FFFD when the record was built. U+2028/U+2029 are
-//! escaped as well, since some line readers (JavaScript) split on them.
+//! value is written as a JSON string by [`push_json_str`], which escapes `"`,
+//! `\` and every control character (CR, LF and NUL included) exactly as
+//! serde_json does; invalid UTF-8 was already replaced by U+FFFD. U+2028 and
+//! U+2029 are escaped as well, in records and in OTLP bodies, since some
+//! line readers (JavaScript) split on them.
 
-use crate::record::Record;
 use crate::timefmt;
 use serde_json::{Map, Value, json};
 
-/// The record as exactly one line of JSON (no line terminator).
-pub fn line(record: &Record) -> String {
-    let text = match serde_json::to_string(record) {
-        Ok(t) => t,
-        // Serialising strings and numbers cannot fail; keep a valid line anyway.
-        Err(e) => json!({ "encode_error": e.to_string() }).to_string(),
-    };
-    escape_line_separators(text)
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s` to `out` as a JSON string literal, quotes included.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    push_escaped(out, s);
+    out.push('"');
 }
 
-fn escape_line_separators(text: String) -> String {
-    if text.contains(['\u{2028}', '\u{2029}']) {
-        text.replace('\u{2028}', "\\u2028")
-            .replace('\u{2029}', "\\u2029")
-    } else {
-        text
+/// Appends `s` to `out` escaped for a JSON string, without quotes (for a
+/// key written in pieces).
+pub fn push_escaped(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    let (mut done, mut i) = (0, 0);
+    while let Some(&b) = bytes.get(i) {
+        let escape = match b {
+            b'"' => Some(("\\\"", 1)),
+            b'\\' => Some(("\\\\", 1)),
+            b'\n' => Some(("\\n", 1)),
+            b'\r' => Some(("\\r", 1)),
+            b'\t' => Some(("\\t", 1)),
+            0x08 => Some(("\\b", 1)),
+            0x0c => Some(("\\f", 1)),
+            // The other control characters: `\u00XX` below.
+            0x00..=0x1f => Some(("", 1)),
+            0xe2 => match bytes.get(i + 1..i + 3) {
+                Some([0x80, 0xa8]) => Some(("\\u2028", 3)),
+                Some([0x80, 0xa9]) => Some(("\\u2029", 3)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((escape, len)) = escape else {
+            i += 1;
+            continue;
+        };
+        // invariant: `i` is at an ASCII byte or the lead byte 0xE2, so a
+        // character boundary.
+        out.push_str(&s[done..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        i += len;
+        done = i;
     }
+    out.push_str(&s[done..]);
+}
+
+/// Escapes raw U+2028/U+2029 in serialised JSON (where they can only occur
+/// inside strings) as `\u2028`/`\u2029`.
+fn escape_line_separators(json: Vec<u8>) -> Vec<u8> {
+    let is_separator = |w: &[u8]| matches!(w, [0xe2, 0x80, 0xa8 | 0xa9]);
+    if !json.windows(3).any(is_separator) {
+        return json;
+    }
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let mut i = 0;
+    while let Some(&b) = json.get(i) {
+        match json.get(i..i + 3) {
+            Some(w) if is_separator(w) => {
+                out.extend_from_slice(if w[2] == 0xa8 { b"\\u2028" } else { b"\\u2029" });
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A JSON-lines body: each record followed by `\n`.
@@ -61,7 +119,8 @@ pub fn otlp_logs<S: AsRef<str>>(lines: &[S], observed_unix_nanos: u64, service: 
             }]
         }]
     });
-    serde_json::to_vec(&doc).unwrap_or_default()
+    // Values decoded from the lines hold U+2028/U+2029 unescaped again.
+    escape_line_separators(serde_json::to_vec(&doc).unwrap_or_default())
 }
 
 fn otlp_record(line: &str, observed: u64) -> Value {
@@ -143,8 +202,9 @@ fn any_value(v: &Value) -> Value {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::record::{Facts, build};
+    use crate::record::{Facts, line};
     use crate::testutil::Rng;
+    use switchyard_sdk::stage::Decisions;
 
     fn hostile_facts(v: &[u8]) -> Facts {
         let mut f = Facts::default();
@@ -156,15 +216,20 @@ mod tests {
             "x-request-id",
             "x-forwarded-for",
             "x-evil",
-            "x-switchyard-route",
         ] {
-            f.request_headers.push((name.to_string(), v.to_vec()));
+            f.request_headers.add(name, v);
         }
-        f.response_headers.push(("x-evil".into(), v.to_vec()));
-        f.response_headers
-            .push(("x-envoy-upstream-service-time".into(), v.to_vec()));
-        f.response_code_details = Some(String::from_utf8_lossy(v).into_owned());
-        f.route_name = Some(String::from_utf8_lossy(v).into_owned());
+        f.response_headers.add("x-evil", v);
+        f.response_headers.add("x-envoy-upstream-service-time", v);
+        let text = String::from_utf8_lossy(v).into_owned();
+        f.response_code_details = Some(text.clone());
+        f.route_name = Some(text.clone());
+        f.decisions = Decisions {
+            route: Some(text.clone()),
+            endpoint: Some(text.clone()),
+            rate_limit: Some(text),
+            ..Decisions::default()
+        };
         f
     }
 
@@ -188,7 +253,7 @@ mod tests {
                 format!(r#"{{"naming":"{naming}","request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
             )
             .unwrap();
-            let l = line(&build(&c, &hostile_facts(v)));
+            let l = line(&c, &mut hostile_facts(v));
             let parsed = assert_one_json_line(&l);
             assert!(parsed.get("forged").is_none());
             let text = parsed.to_string();
@@ -206,7 +271,7 @@ mod tests {
             .unwrap();
             for _ in 0..3_000 {
                 let v = rng.bytes(200);
-                let l = line(&build(&c, &hostile_facts(&v)));
+                let l = line(&c, &mut hostile_facts(&v));
                 assert_one_json_line(&l);
             }
         }
@@ -256,10 +321,58 @@ mod tests {
     fn line_separators_are_escaped() {
         let mut f = Facts::default();
         f.request_headers
-            .push((":path".into(), "/a\u{2028}b\u{2029}".as_bytes().to_vec()));
-        let l = line(&build(&Config::default(), &f));
+            .add(":path", "/a\u{2028}b\u{2029}".as_bytes());
+        let l = line(&Config::default(), &mut f);
         assert!(l.contains("\\u2028") && l.contains("\\u2029"), "{l}");
         let v = assert_one_json_line(&l);
         assert_eq!(v["path"], "/a\u{2028}b\u{2029}");
+    }
+
+    /// The escaper writes what serde_json wrote (plus U+2028/U+2029), for
+    /// any text.
+    #[test]
+    fn escaping_matches_serde_json() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for _ in 0..20_000 {
+            let text = String::from_utf8_lossy(&rng.bytes(40)).into_owned();
+            let mut ours = String::new();
+            push_json_str(&mut ours, &text);
+            let theirs = serde_json::to_string(&text)
+                .unwrap()
+                .replace('\u{2028}', "\\u2028")
+                .replace('\u{2029}', "\\u2029");
+            assert_eq!(ours, theirs, "{text:?}");
+        }
+        let mut all = String::new();
+        push_json_str(&mut all, "\u{0}\u{1f}\u{7f}\u{2028}\u{2029}\u{2027}é\"\\");
+        // DEL and other non-control characters stay raw.
+        assert_eq!(
+            all,
+            "\"\\u0000\\u001f\u{7f}\\u2028\\u2029\u{2027}é\\\"\\\\\""
+        );
+    }
+
+    #[test]
+    fn otlp_bodies_escape_line_separators_too() {
+        let mut f = Facts::default();
+        f.request_headers
+            .add(":path", "/a\u{2028}b\u{2029}".as_bytes());
+        f.request_headers.add("user-agent", "x\u{2028}y".as_bytes());
+        for naming in ["envoy", "otel"] {
+            let c: Config =
+                switchyard_sdk::config::parse(format!(r#"{{"naming":"{naming}"}}"#).as_bytes())
+                    .unwrap();
+            let l = line(&c, &mut f);
+            let body = otlp_logs(&[l.as_str()], 1, "envoy");
+            let text = std::str::from_utf8(&body).unwrap();
+            assert!(!text.contains(['\u{2028}', '\u{2029}']), "{text}");
+            assert!(
+                text.contains("\\u2028") && text.contains("\\u2029"),
+                "{text}"
+            );
+            let doc: Value = serde_json::from_slice(&body).unwrap();
+            let body = &doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["body"];
+            assert_eq!(body["stringValue"], "- /a\u{2028}b\u{2029} 0");
+        }
     }
 }

@@ -1,106 +1,176 @@
 //! The record of one request, built from what Envoy knows at `on_log`.
 //!
-//! Pure: [`Facts`] is filled by the glue from headers and properties (all
-//! values as bytes, since clients can send anything), [`build`] turns it into
-//! an ordered list of fields under the configured naming, and
-//! [`crate::encode`] writes it as one JSON line.
+//! Pure: a [`Source`] hands out the header maps, Envoy's attributes and the
+//! decisions of earlier stages on demand; [`decide`] samples and [`line`]
+//! writes the record as one JSON line straight into one `String`, reading
+//! each value when its field is written. So a request that sampling leaves
+//! out reads only what sampling needs, and nothing is read twice.
+//!
+//! The switchyard fields come from [`Decisions`] (written by the router,
+//! balancer and rate limiter stages of the same module), never from
+//! `x-switchyard-*` headers, which a client can send.
 
 use crate::config::{Config, Naming, Sampling};
+use crate::encode::{push_escaped, push_json_str};
 use crate::timefmt;
-use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt::Write;
 use std::net::IpAddr;
+// Re-exported: a [`Facts`] is made of them.
+pub use switchyard_sdk::headers::HeaderMap;
+pub use switchyard_sdk::stage::Decisions;
 
-/// Request header set by the routing filter: the matched Switchyard route.
-pub const ROUTE_HEADER: &str = "x-switchyard-route";
-/// Request header set by the balancer: the picked endpoint (`ip:port`).
-pub const ENDPOINT_HEADER: &str = "x-switchyard-endpoint";
-/// Request header set by the rate limiter: `<verdict>[;key=value...]`.
-pub const RATELIMIT_HEADER: &str = "x-switchyard-ratelimit";
-
-/// Everything a record is made of, as Envoy reported it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// The final request headers (after every filter), pseudo-headers included.
-    pub request_headers: Vec<(String, Vec<u8>)>,
-    pub response_headers: Vec<(String, Vec<u8>)>,
-    /// `request.time` (ns since the epoch).
-    pub start_time_ns: Option<u64>,
-    /// `request.duration` (ns).
-    pub duration_ns: Option<u64>,
+/// The Envoy attributes a record reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attr {
+    /// `request.time`, ns since the epoch.
+    StartTime,
+    /// `request.duration`, ns.
+    Duration,
     /// `request.protocol`, e.g. `HTTP/1.1`.
-    pub protocol: Option<String>,
-    pub response_code: Option<u16>,
-    /// `response.flags` bit set.
-    pub response_flags: Option<u64>,
-    pub response_code_details: Option<String>,
-    /// Body bytes (`request.size`, `response.size`).
-    pub bytes_received: Option<u64>,
-    pub bytes_sent: Option<u64>,
-    pub upstream_host: Option<String>,
-    pub upstream_cluster: Option<String>,
-    pub route_name: Option<String>,
-    /// `source.address`: the TCP peer.
-    pub downstream_remote_address: Option<String>,
-    /// The client, from X-Forwarded-For with the trusted hops (the glue
-    /// computes it with `switchyard_sdk::client_addr`).
-    pub client_address: Option<IpAddr>,
+    Protocol,
+    /// `response.code`.
+    ResponseCode,
+    /// `response.flags`: Envoy's response-flag bit set.
+    ResponseFlags,
+    /// `response.code_details`.
+    ResponseCodeDetails,
+    /// `request.size`: request body bytes.
+    BytesReceived,
+    /// `response.size`: response body bytes.
+    BytesSent,
+    /// `upstream.address`.
+    UpstreamHost,
+    /// `xds.cluster_name`.
+    UpstreamCluster,
+    /// `xds.route_name`.
+    RouteName,
+    /// `source.address`: the TCP peer, `ip:port`.
+    PeerAddress,
 }
 
-fn first<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
-
-/// Every value of `name`, joined with `, ` (as a proxy would fold them).
-fn joined(headers: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for (k, v) in headers {
-        if k.eq_ignore_ascii_case(name) {
-            match &mut out {
-                None => out = Some(v.clone()),
-                Some(o) => {
-                    o.extend_from_slice(b", ");
-                    o.extend_from_slice(v);
-                }
-            }
+impl Attr {
+    /// The attribute's property path.
+    pub fn path(self) -> &'static [&'static str] {
+        match self {
+            Attr::StartTime => &["request", "time"],
+            Attr::Duration => &["request", "duration"],
+            Attr::Protocol => &["request", "protocol"],
+            Attr::ResponseCode => &["response", "code"],
+            Attr::ResponseFlags => &["response", "flags"],
+            Attr::ResponseCodeDetails => &["response", "code_details"],
+            Attr::BytesReceived => &["request", "size"],
+            Attr::BytesSent => &["response", "size"],
+            Attr::UpstreamHost => &["upstream", "address"],
+            Attr::UpstreamCluster => &["xds", "cluster_name"],
+            Attr::RouteName => &["xds", "route_name"],
+            Attr::PeerAddress => &["source", "address"],
         }
     }
-    out
 }
 
-impl Facts {
-    pub fn request_header(&self, name: &str) -> Option<&[u8]> {
-        first(&self.request_headers, name)
+/// What a record is made of, read on demand (each value at most once from
+/// the host: implementations memoise).
+pub trait Source {
+    /// The request headers, pseudo-headers included.
+    fn request(&mut self) -> &HeaderMap;
+    /// The response headers (empty when no response was sent).
+    fn response(&mut self) -> &HeaderMap;
+    /// A string attribute, as bytes.
+    fn text(&mut self, attr: Attr) -> Option<&[u8]>;
+    /// An integer attribute; `None` when absent or negative.
+    fn number(&mut self, attr: Attr) -> Option<u64>;
+    /// The client: the peer, or the X-Forwarded-For entry `trusted_hops`
+    /// from the right (`switchyard_sdk::client_addr`).
+    fn client_address(&mut self, trusted_hops: u32) -> Option<IpAddr>;
+    /// Decisions of the stages that ran before in the same module; all
+    /// `None` when the access log runs alone.
+    fn decisions(&self) -> &Decisions;
+}
+
+/// A [`Source`] with every value given up front (tests, the fuzz target).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The request headers, pseudo-headers included.
+    pub request_headers: HeaderMap,
+    /// The response headers.
+    pub response_headers: HeaderMap,
+    /// [`Attr::StartTime`].
+    pub start_time_ns: Option<u64>,
+    /// [`Attr::Duration`].
+    pub duration_ns: Option<u64>,
+    /// [`Attr::Protocol`].
+    pub protocol: Option<String>,
+    /// [`Attr::ResponseCode`].
+    pub response_code: Option<u16>,
+    /// [`Attr::ResponseFlags`].
+    pub response_flags: Option<u64>,
+    /// [`Attr::ResponseCodeDetails`].
+    pub response_code_details: Option<String>,
+    /// [`Attr::BytesReceived`].
+    pub bytes_received: Option<u64>,
+    /// [`Attr::BytesSent`].
+    pub bytes_sent: Option<u64>,
+    /// [`Attr::UpstreamHost`].
+    pub upstream_host: Option<String>,
+    /// [`Attr::UpstreamCluster`].
+    pub upstream_cluster: Option<String>,
+    /// [`Attr::RouteName`].
+    pub route_name: Option<String>,
+    /// [`Attr::PeerAddress`].
+    pub downstream_remote_address: Option<String>,
+    /// The client (whatever `trusted_hops` is asked for).
+    pub client_address: Option<IpAddr>,
+    /// Decisions of earlier stages.
+    pub decisions: Decisions,
+}
+
+impl Source for Facts {
+    fn request(&mut self) -> &HeaderMap {
+        &self.request_headers
     }
 
-    pub fn response_header(&self, name: &str) -> Option<&[u8]> {
-        first(&self.response_headers, name)
+    fn response(&mut self) -> &HeaderMap {
+        &self.response_headers
     }
 
-    /// The request id: `x-request-id` (Envoy's `request.id` attribute is the
-    /// same header).
-    pub fn request_id(&self) -> Option<&[u8]> {
-        self.request_header("x-request-id")
+    fn text(&mut self, attr: Attr) -> Option<&[u8]> {
+        let s = match attr {
+            Attr::Protocol => &self.protocol,
+            Attr::ResponseCodeDetails => &self.response_code_details,
+            Attr::UpstreamHost => &self.upstream_host,
+            Attr::UpstreamCluster => &self.upstream_cluster,
+            Attr::RouteName => &self.route_name,
+            Attr::PeerAddress => &self.downstream_remote_address,
+            _ => return None,
+        };
+        s.as_deref().map(str::as_bytes)
     }
 
-    /// The rate limiter's verdict (first `;` field of the contract header),
-    /// from the request headers or, failing that, the response headers.
-    pub fn ratelimit_verdict(&self) -> Option<String> {
-        let raw = self
-            .request_header(RATELIMIT_HEADER)
-            .or_else(|| self.response_header(RATELIMIT_HEADER))?;
-        let text = String::from_utf8_lossy(raw);
-        Some(
-            text.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase(),
-        )
+    fn number(&mut self, attr: Attr) -> Option<u64> {
+        match attr {
+            Attr::StartTime => self.start_time_ns,
+            Attr::Duration => self.duration_ns,
+            Attr::ResponseCode => self.response_code.map(u64::from),
+            Attr::ResponseFlags => self.response_flags,
+            Attr::BytesReceived => self.bytes_received,
+            Attr::BytesSent => self.bytes_sent,
+            _ => None,
+        }
     }
+
+    fn client_address(&mut self, _trusted_hops: u32) -> Option<IpAddr> {
+        self.client_address
+    }
+
+    fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+}
+
+fn response_code(src: &mut (impl Source + ?Sized)) -> Option<u16> {
+    src.number(Attr::ResponseCode)
+        .and_then(|c| u16::try_from(c).ok())
 }
 
 // ---- sampling ----
@@ -119,20 +189,26 @@ pub enum Keep {
     Sampled,
 }
 
+/// Whether the rate limiter's decision (`ok`, `over_limit;policy=p`, ...)
+/// is anything but `ok`.
+pub fn limited_by_verdict(decisions: &Decisions) -> bool {
+    decisions.rate_limit.as_deref().is_some_and(|v| {
+        let verdict = v.split(';').next().unwrap_or("").trim();
+        !verdict.is_empty() && !verdict.eq_ignore_ascii_case("ok")
+    })
+}
+
 /// Whether the record of this request is kept. Errors and rate-limited
 /// requests always are (with `keep_errors`; rate-limited ones regardless);
 /// the rest by a hash of the request id, so the choice is the same on every
 /// worker, every Envoy and in a replay. Without a request id the record is
-/// kept: nothing stable to sample on.
-pub fn decide(sampling: &Sampling, facts: &Facts) -> Option<Keep> {
-    let status = facts.response_code.unwrap_or(0);
-    let flags = facts.response_flags.unwrap_or(0);
-    let verdict = facts.ratelimit_verdict();
+/// kept: nothing stable to sample on. Reads the response code, the flags
+/// and (below rate 1) the request id; nothing else.
+pub fn decide(sampling: &Sampling, src: &mut (impl Source + ?Sized)) -> Option<Keep> {
+    let status = response_code(src).unwrap_or(0);
     if status == 429
-        || flags & FLAG_RATE_LIMITED != 0
-        || verdict
-            .as_deref()
-            .is_some_and(|v| !v.is_empty() && v != "ok")
+        || limited_by_verdict(src.decisions())
+        || src.number(Attr::ResponseFlags).unwrap_or(0) & FLAG_RATE_LIMITED != 0
     {
         return Some(Keep::RateLimited);
     }
@@ -142,7 +218,7 @@ pub fn decide(sampling: &Sampling, facts: &Facts) -> Option<Keep> {
     if sampling.rate >= 1.0 {
         return Some(Keep::Sampled);
     }
-    let Some(id) = facts.request_id() else {
+    let Some(id) = src.request().get("x-request-id") else {
         return Some(Keep::Sampled);
     };
     (unit_hash(id) < sampling.rate).then_some(Keep::Sampled)
@@ -176,70 +252,136 @@ const FLAG_NAMES: [&str; 30] = [
 
 /// `UH,UF` style, `-` when none (as `%RESPONSE_FLAGS%`).
 pub fn response_flags_text(flags: u64) -> String {
-    let names: Vec<&str> = FLAG_NAMES
+    let mut out = String::new();
+    push_flags(&mut out, flags);
+    out
+}
+
+fn push_flags(out: &mut String, flags: u64) {
+    let mut names = FLAG_NAMES
         .iter()
         .enumerate()
         .filter(|(i, _)| flags & (1u64 << i) != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if names.is_empty() {
-        "-".into()
-    } else {
-        names.join(",")
+        .map(|(_, n)| *n);
+    match names.next() {
+        None => out.push('-'),
+        Some(first) => {
+            out.push_str(first);
+            for n in names {
+                out.push(',');
+                out.push_str(n);
+            }
+        }
     }
 }
 
 // ---- the record ----
 
-/// Ordered fields of one record.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Record {
-    pub fields: Vec<(String, Value)>,
-}
-
-impl Record {
-    fn put(&mut self, name: &str, value: Value) {
-        self.fields.push((name.to_string(), value));
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-}
-
-impl Serialize for Record {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.fields.len()))?;
-        for (k, v) in &self.fields {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
-    }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
-pub fn clip(mut s: String, max: usize) -> String {
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut
+/// with `…` (within the `max` bytes).
+pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
-        return s;
+        return Cow::Borrowed(s);
     }
     const MARK: &str = "…";
     let mut end = max.saturating_sub(MARK.len());
     while end > 0 && !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.truncate(end);
-    s.push_str(MARK);
-    s
+    Cow::Owned(format!("{}{MARK}", s.get(..end).unwrap_or_default()))
 }
 
-/// Turns header and property bytes into record text: redaction, UTF-8
-/// repair (invalid sequences become U+FFFD), length limit. Control bytes
-/// stay; the JSON encoder escapes them.
-struct Texts<'a> {
-    config: &'a Config,
+/// Header or attribute bytes as record text: invalid UTF-8 becomes U+FFFD,
+/// then [`clip`]. Control bytes stay; the JSON writer escapes them. Borrows
+/// unless something had to change.
+fn repaired(bytes: &[u8], max: usize) -> Cow<'_, str> {
+    match String::from_utf8_lossy(bytes) {
+        Cow::Borrowed(s) => clip(s, max),
+        Cow::Owned(s) => Cow::Owned(clip(&s, max).into_owned()),
+    }
 }
 
-impl Texts<'_> {
+/// `host[:port]` split as OTel wants it (`[v6]:port` understood).
+fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((host, after)) = rest.split_once(']')
+    {
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (host, port);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// The path as the client sent it: before a route's rewrite if there was one.
+fn path(request: &HeaderMap) -> Option<&[u8]> {
+    request
+        .get("x-envoy-original-path")
+        .or_else(|| request.get(":path"))
+}
+
+/// `x-envoy-upstream-service-time` in ms.
+fn upstream_service_time(response: &HeaderMap) -> Option<u64> {
+    response
+        .get("x-envoy-upstream-service-time")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every value of `name` joined with `, ` (as a proxy folds them);
+/// borrowed when there is only one.
+fn joined<'m>(map: &'m HeaderMap, name: &'m str) -> Option<Cow<'m, [u8]>> {
+    let mut values = map.values(name);
+    let first = values.next()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(_) => map.joined(name).map(Cow::Owned),
+    }
+}
+
+/// `names` in byte order without repeats: the key order of the Envoy-naming
+/// header objects (serde_json's sorted map wrote them so before records were
+/// written directly; readers may rely on it).
+fn sorted_unique(names: &[String]) -> impl Iterator<Item = &str> {
+    let first = names.iter().map(String::as_str).min();
+    std::iter::successors(first, move |prev| {
+        names.iter().map(String::as_str).filter(|n| n > prev).min()
+    })
+}
+
+/// One value of a record.
+enum Val<'a> {
+    /// Already record text: escaped, nothing else.
+    Str(&'a str),
+    /// Attribute or decision bytes: [`repaired`].
+    Text(&'a [u8]),
+    /// A header's value: the redaction marker if `name` is redacted, else
+    /// [`repaired`].
+    Header(&'a str, &'a [u8]),
+    /// [`Val::Header`] as a one-element array (OTel header attributes).
+    Array(&'a str, &'a [u8]),
+    Num(u64),
+    /// RFC 3339 with ms, from ns since the epoch.
+    Time(u64),
+    /// Response flags as `%RESPONSE_FLAGS%` names.
+    Flags(u64),
+    Ip(IpAddr),
+}
+
+/// A record being written.
+struct Out<'c> {
+    config: &'c Config,
+    line: String,
+    /// No field written yet in the innermost open object.
+    empty: bool,
+}
+
+impl Out<'_> {
     fn redacted(&self, header: &str) -> bool {
         self.config
             .redact
@@ -247,284 +389,314 @@ impl Texts<'_> {
             .any(|r| r.eq_ignore_ascii_case(header))
     }
 
-    fn bytes(&self, b: &[u8]) -> String {
-        clip(
-            String::from_utf8_lossy(b).into_owned(),
-            self.config.max_field_bytes,
-        )
+    /// Writes `"<prefix><name>":`, after a comma unless first.
+    fn key(&mut self, prefix: &str, name: &str) {
+        if !self.empty {
+            self.line.push(',');
+        }
+        self.empty = false;
+        self.line.push('"');
+        push_escaped(&mut self.line, prefix);
+        push_escaped(&mut self.line, name);
+        self.line.push_str("\":");
     }
 
-    fn string(&self, s: &str) -> Value {
-        Value::String(clip(s.to_string(), self.config.max_field_bytes))
-    }
-
-    /// A header's value for the record, or the redaction marker.
-    fn header(&self, name: &str, value: &[u8]) -> Value {
-        if self.redacted(name) {
-            Value::String(self.config.redaction.clone())
-        } else {
-            Value::String(self.bytes(value))
+    /// Writes a field; an absent value is `null` under Envoy naming (a fixed
+    /// schema, as Envoy's JSON format) and left out under OTel naming
+    /// (absent attributes, as the OTel data model).
+    fn put(&mut self, name: &str, value: Option<Val<'_>>) {
+        match value {
+            Some(v) => {
+                self.key("", name);
+                self.value(v);
+            }
+            None if self.config.naming == Naming::Envoy => {
+                self.key("", name);
+                self.line.push_str("null");
+            }
+            None => {}
         }
     }
 
-    fn opt_header(&self, name: &str, value: Option<&[u8]>) -> Option<Value> {
-        value.map(|v| self.header(name, v))
+    fn value(&mut self, v: Val<'_>) {
+        let max = self.config.max_field_bytes;
+        // Writing to a String cannot fail: the `write!` results are ignored.
+        match v {
+            Val::Str(s) => push_json_str(&mut self.line, s),
+            Val::Text(b) => push_json_str(&mut self.line, &repaired(b, max)),
+            Val::Header(name, _) if self.redacted(name) => {
+                push_json_str(&mut self.line, &self.config.redaction);
+            }
+            Val::Header(_, b) => push_json_str(&mut self.line, &repaired(b, max)),
+            Val::Array(name, b) => {
+                self.line.push('[');
+                self.value(Val::Header(name, b));
+                self.line.push(']');
+            }
+            Val::Num(n) => {
+                let _ = write!(self.line, "{n}");
+            }
+            Val::Time(ns) => {
+                self.line.push('"');
+                timefmt::write_rfc3339_ms(&mut self.line, ns);
+                self.line.push('"');
+            }
+            Val::Flags(f) => {
+                self.line.push('"');
+                push_flags(&mut self.line, f);
+                self.line.push('"');
+            }
+            Val::Ip(ip) => {
+                let _ = write!(self.line, "\"{ip}\"");
+            }
+        }
+    }
+
+    /// `{"name": value, ...}` of the configured headers present in `map`
+    /// (Envoy naming).
+    fn header_object(&mut self, field: &str, names: &[String], map: &HeaderMap) {
+        self.key("", field);
+        self.line.push('{');
+        self.empty = true;
+        for name in sorted_unique(names) {
+            if let Some(v) = joined(map, name) {
+                self.key("", name);
+                self.value(Val::Header(name, &v));
+            }
+        }
+        self.line.push('}');
+        self.empty = false;
+    }
+
+    /// `"<prefix><name>": ["value"]` per configured header present in
+    /// `map`, in configuration order (OTel naming).
+    fn header_attributes(&mut self, prefix: &str, names: &[String], map: &HeaderMap) {
+        for name in names {
+            if let Some(v) = joined(map, name) {
+                self.key(prefix, name);
+                self.value(Val::Array(name, &v));
+            }
+        }
     }
 }
 
-fn num(v: Option<u64>) -> Option<Value> {
-    v.map(Value::from)
+fn header<'m>(map: &'m HeaderMap, name: &'m str) -> Option<Val<'m>> {
+    map.get(name).map(|v| Val::Header(name, v))
 }
 
-/// Milliseconds, as Envoy's `%DURATION%` (whole ms, rounded down).
-fn ms(ns: Option<u64>) -> Option<Value> {
-    ns.map(|n| Value::from(n / 1_000_000))
+fn attr_text(src: &mut (impl Source + ?Sized), attr: Attr) -> Option<Val<'_>> {
+    src.text(attr).map(Val::Text)
 }
 
-/// `host[:port]` split as OTel wants it (`[v6]:port` understood).
-fn split_authority(authority: &str) -> (String, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[')
-        && let Some(end) = rest.find(']')
-    {
-        let port = rest[end + 1..]
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok());
-        return (rest[..end].to_string(), port);
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => match p.parse() {
-            Ok(port) => (h.to_string(), Some(port)),
-            Err(_) => (authority.to_string(), None),
-        },
-        _ => (authority.to_string(), None),
-    }
-}
-
-fn split_addr(addr: &str) -> (String, Option<u16>) {
-    split_authority(addr)
-}
-
-/// Builds the record. Absent values are `null` under Envoy naming (a fixed
-/// schema, as Envoy's JSON format) and left out under OTel naming (absent
-/// attributes, as the OTel data model).
-pub fn build(config: &Config, facts: &Facts) -> Record {
-    let t = Texts { config };
-    let mut r = Record::default();
-    let path = facts
-        .request_header("x-envoy-original-path")
-        .or_else(|| facts.request_header(":path"));
-    let method = t.opt_header(":method", facts.request_header(":method"));
-    let status = facts.response_code.map(Value::from);
-    let flags = facts
-        .response_flags
-        .map(|f| Value::String(response_flags_text(f)));
-    let upstream_service_time = facts
-        .response_header("x-envoy-upstream-service-time")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Value::from);
-    let xff = t.opt_header("x-forwarded-for", facts.request_header("x-forwarded-for"));
-    let ua = t.opt_header("user-agent", facts.request_header("user-agent"));
-    let request_id = t.opt_header("x-request-id", facts.request_id());
-    let authority_raw = facts.request_header(":authority");
-    let client = facts.client_address.map(|ip| Value::String(ip.to_string()));
-    let switchyard = [
-        ("route", ROUTE_HEADER),
-        ("endpoint", ENDPOINT_HEADER),
-        ("ratelimit", RATELIMIT_HEADER),
-    ]
-    .map(|(short, header)| {
-        let v = facts
-            .request_header(header)
-            .or_else(|| facts.response_header(header));
-        (short, t.opt_header(header, v))
-    });
-
+/// The record as exactly one line of JSON (no line terminator), fields in
+/// the order of the configured naming (see the README).
+pub fn line(config: &Config, src: &mut (impl Source + ?Sized)) -> String {
+    let mut out = Out {
+        config,
+        line: String::with_capacity(1024),
+        empty: true,
+    };
+    out.line.push('{');
     match config.naming {
-        Naming::Envoy => {
-            let mut put = |name: &str, v: Option<Value>| r.put(name, v.unwrap_or(Value::Null));
-            put(
-                "start_time",
-                facts
-                    .start_time_ns
-                    .map(|ns| Value::String(timefmt::format_rfc3339_ms(ns))),
-            );
-            put("method", method);
-            put("path", t.opt_header(":path", path));
-            put("protocol", facts.protocol.as_deref().map(|p| t.string(p)));
-            put("response_code", status);
-            put("response_flags", flags);
-            put("bytes_received", num(facts.bytes_received));
-            put("bytes_sent", num(facts.bytes_sent));
-            put("duration", ms(facts.duration_ns));
-            put("upstream_service_time", upstream_service_time);
-            put("x_forwarded_for", xff);
-            put("user_agent", ua);
-            put("request_id", request_id);
-            put("authority", t.opt_header(":authority", authority_raw));
-            put(
-                "upstream_host",
-                facts.upstream_host.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "upstream_cluster",
-                facts.upstream_cluster.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "route_name",
-                facts.route_name.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "downstream_remote_address",
-                facts
-                    .downstream_remote_address
-                    .as_deref()
-                    .map(|s| t.string(s)),
-            );
-            put(
-                "response_code_details",
-                facts.response_code_details.as_deref().map(|s| t.string(s)),
-            );
-            put("client_address", client);
-            for (short, v) in switchyard {
-                put(&format!("switchyard_{short}"), v);
-            }
-            if !config.request_headers.is_empty() {
-                let m = selected(&t, &config.request_headers, &facts.request_headers);
-                r.put("request_headers", Value::Object(m));
-            }
-            if !config.response_headers.is_empty() {
-                let m = selected(&t, &config.response_headers, &facts.response_headers);
-                r.put("response_headers", Value::Object(m));
-            }
-        }
-        Naming::Otel => {
-            let mut put = |name: &str, v: Option<Value>| {
-                if let Some(v) = v {
-                    r.put(name, v);
+        Naming::Envoy => envoy_fields(&mut out, src),
+        Naming::Otel => otel_fields(&mut out, src),
+    }
+    out.line.push('}');
+    out.line
+}
+
+/// Envoy's JSON access-log names, in a fixed order, `null` when absent.
+fn envoy_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
+    o.put("start_time", src.number(Attr::StartTime).map(Val::Time));
+    o.put("method", header(src.request(), ":method"));
+    o.put("path", path(src.request()).map(|p| Val::Header(":path", p)));
+    o.put("protocol", attr_text(src, Attr::Protocol));
+    o.put(
+        "response_code",
+        response_code(src).map(|c| Val::Num(c.into())),
+    );
+    o.put(
+        "response_flags",
+        src.number(Attr::ResponseFlags).map(Val::Flags),
+    );
+    o.put(
+        "bytes_received",
+        src.number(Attr::BytesReceived).map(Val::Num),
+    );
+    o.put("bytes_sent", src.number(Attr::BytesSent).map(Val::Num));
+    o.put(
+        "duration",
+        src.number(Attr::Duration)
+            .map(|ns| Val::Num(ns / 1_000_000)),
+    );
+    o.put(
+        "upstream_service_time",
+        upstream_service_time(src.response()).map(Val::Num),
+    );
+    o.put("x_forwarded_for", header(src.request(), "x-forwarded-for"));
+    o.put("user_agent", header(src.request(), "user-agent"));
+    o.put("request_id", header(src.request(), "x-request-id"));
+    o.put("authority", header(src.request(), ":authority"));
+    o.put("upstream_host", attr_text(src, Attr::UpstreamHost));
+    o.put("upstream_cluster", attr_text(src, Attr::UpstreamCluster));
+    o.put("route_name", attr_text(src, Attr::RouteName));
+    o.put(
+        "downstream_remote_address",
+        attr_text(src, Attr::PeerAddress),
+    );
+    o.put(
+        "response_code_details",
+        attr_text(src, Attr::ResponseCodeDetails),
+    );
+    let hops = o.config.trusted_hops;
+    o.put("client_address", src.client_address(hops).map(Val::Ip));
+    let d = src.decisions();
+    o.put("switchyard_route", decision(&d.route));
+    o.put("switchyard_endpoint", decision(&d.endpoint));
+    o.put("switchyard_ratelimit", decision(&d.rate_limit));
+    let config = o.config;
+    if !config.request_headers.is_empty() {
+        o.header_object("request_headers", &config.request_headers, src.request());
+    }
+    if !config.response_headers.is_empty() {
+        o.header_object("response_headers", &config.response_headers, src.response());
+    }
+}
+
+fn decision(d: &Option<String>) -> Option<Val<'_>> {
+    d.as_deref().map(|s| Val::Text(s.as_bytes()))
+}
+
+/// OpenTelemetry HTTP semantic conventions; absent values left out.
+fn otel_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
+    let max = o.config.max_field_bytes;
+    o.put("timestamp", src.number(Attr::StartTime).map(Val::Time));
+    o.put("http.request.method", header(src.request(), ":method"));
+    if let Some(p) = path(src.request()) {
+        if o.redacted(":path") {
+            o.put("url.path", Some(Val::Header(":path", p)));
+        } else {
+            // Clipped first, then split: the mark ends the last part.
+            let p = repaired(p, max);
+            match p.split_once('?') {
+                Some((path, query)) => {
+                    o.put("url.path", Some(Val::Str(path)));
+                    o.put("url.query", Some(Val::Str(query)));
                 }
-            };
-            put(
-                "timestamp",
-                facts
-                    .start_time_ns
-                    .map(|ns| Value::String(timefmt::format_rfc3339_ms(ns))),
-            );
-            put("http.request.method", method);
-            if let Some(p) = path.filter(|_| t.redacted(":path")) {
-                put("url.path", Some(t.header(":path", p)));
-            } else if let Some(p) = path {
-                let p = t.bytes(p);
-                let (p, q) = match p.split_once('?') {
-                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
-                    None => (p, None),
-                };
-                put("url.path", Some(Value::String(p)));
-                put("url.query", q.map(Value::String));
-            }
-            put(
-                "url.scheme",
-                t.opt_header(":scheme", facts.request_header(":scheme")),
-            );
-            if let Some(proto) = facts.protocol.as_deref() {
-                let (name, version) = proto.split_once('/').unwrap_or((proto, ""));
-                put(
-                    "network.protocol.name",
-                    Some(t.string(&name.to_ascii_lowercase())),
-                );
-                if !version.is_empty() {
-                    put("network.protocol.version", Some(t.string(version)));
-                }
-            }
-            put("http.response.status_code", status);
-            put("envoy.response_flags", flags);
-            put("http.request.body.size", num(facts.bytes_received));
-            put("http.response.body.size", num(facts.bytes_sent));
-            put("envoy.duration_ms", ms(facts.duration_ns));
-            put("envoy.upstream_service_time_ms", upstream_service_time);
-            put("http.request.header.x-forwarded-for", xff.map(array1));
-            put("user_agent.original", ua);
-            put("http.request.header.x-request-id", request_id.map(array1));
-            if let Some(a) = authority_raw {
-                if t.redacted(":authority") {
-                    put("server.address", Some(t.header(":authority", a)));
-                } else {
-                    let (host, port) = split_authority(&t.bytes(a));
-                    put("server.address", Some(Value::String(host)));
-                    put("server.port", port.map(Value::from));
-                }
-            }
-            put("client.address", client);
-            if let Some(peer) = facts.downstream_remote_address.as_deref() {
-                let (ip, port) = split_addr(peer);
-                put("network.peer.address", Some(t.string(&ip)));
-                put("network.peer.port", port.map(Value::from));
-            }
-            put(
-                "envoy.upstream_host",
-                facts.upstream_host.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "envoy.upstream_cluster",
-                facts.upstream_cluster.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "envoy.route_name",
-                facts.route_name.as_deref().map(|s| t.string(s)),
-            );
-            put(
-                "envoy.response_code_details",
-                facts.response_code_details.as_deref().map(|s| t.string(s)),
-            );
-            for (short, v) in switchyard {
-                put(&format!("switchyard.{short}"), v);
-            }
-            for name in &config.request_headers {
-                if let Some(v) = joined(&facts.request_headers, name) {
-                    put(
-                        &format!("http.request.header.{name}"),
-                        Some(array1(t.header(name, &v))),
-                    );
-                }
-            }
-            for name in &config.response_headers {
-                if let Some(v) = joined(&facts.response_headers, name) {
-                    put(
-                        &format!("http.response.header.{name}"),
-                        Some(array1(t.header(name, &v))),
-                    );
-                }
+                None => o.put("url.path", Some(Val::Str(&p))),
             }
         }
     }
-    r
-}
-
-/// OTel's header attributes are string arrays.
-fn array1(v: Value) -> Value {
-    Value::Array(vec![v])
-}
-
-fn selected(t: &Texts<'_>, names: &[String], headers: &[(String, Vec<u8>)]) -> Map<String, Value> {
-    let mut m = Map::new();
-    for name in names {
-        if let Some(v) = joined(headers, name) {
-            m.insert(name.clone(), t.header(name, &v));
+    o.put("url.scheme", header(src.request(), ":scheme"));
+    if let Some(proto) = src.text(Attr::Protocol) {
+        let proto = String::from_utf8_lossy(proto);
+        let (name, version) = proto.split_once('/').unwrap_or((&proto, ""));
+        let name = name.to_ascii_lowercase();
+        o.put("network.protocol.name", Some(Val::Text(name.as_bytes())));
+        if !version.is_empty() {
+            o.put(
+                "network.protocol.version",
+                Some(Val::Text(version.as_bytes())),
+            );
         }
     }
-    m
+    o.put(
+        "http.response.status_code",
+        response_code(src).map(|c| Val::Num(c.into())),
+    );
+    o.put(
+        "envoy.response_flags",
+        src.number(Attr::ResponseFlags).map(Val::Flags),
+    );
+    o.put(
+        "http.request.body.size",
+        src.number(Attr::BytesReceived).map(Val::Num),
+    );
+    o.put(
+        "http.response.body.size",
+        src.number(Attr::BytesSent).map(Val::Num),
+    );
+    o.put(
+        "envoy.duration_ms",
+        src.number(Attr::Duration)
+            .map(|ns| Val::Num(ns / 1_000_000)),
+    );
+    o.put(
+        "envoy.upstream_service_time_ms",
+        upstream_service_time(src.response()).map(Val::Num),
+    );
+    let request = src.request();
+    o.put(
+        "http.request.header.x-forwarded-for",
+        request
+            .get("x-forwarded-for")
+            .map(|v| Val::Array("x-forwarded-for", v)),
+    );
+    o.put("user_agent.original", header(request, "user-agent"));
+    o.put(
+        "http.request.header.x-request-id",
+        request
+            .get("x-request-id")
+            .map(|v| Val::Array("x-request-id", v)),
+    );
+    if let Some(a) = request.get(":authority") {
+        if o.redacted(":authority") {
+            o.put("server.address", Some(Val::Header(":authority", a)));
+        } else {
+            let a = repaired(a, max);
+            let (host, port) = split_authority(&a);
+            o.put("server.address", Some(Val::Str(host)));
+            o.put("server.port", port.map(|p| Val::Num(p.into())));
+        }
+    }
+    let hops = o.config.trusted_hops;
+    o.put("client.address", src.client_address(hops).map(Val::Ip));
+    if let Some(peer) = src.text(Attr::PeerAddress) {
+        let peer = String::from_utf8_lossy(peer);
+        let (ip, port) = split_authority(&peer);
+        o.put("network.peer.address", Some(Val::Text(ip.as_bytes())));
+        o.put("network.peer.port", port.map(|p| Val::Num(p.into())));
+    }
+    o.put("envoy.upstream_host", attr_text(src, Attr::UpstreamHost));
+    o.put(
+        "envoy.upstream_cluster",
+        attr_text(src, Attr::UpstreamCluster),
+    );
+    o.put("envoy.route_name", attr_text(src, Attr::RouteName));
+    o.put(
+        "envoy.response_code_details",
+        attr_text(src, Attr::ResponseCodeDetails),
+    );
+    let d = src.decisions();
+    o.put("switchyard.route", decision(&d.route));
+    o.put("switchyard.endpoint", decision(&d.endpoint));
+    o.put("switchyard.ratelimit", decision(&d.rate_limit));
+    let config = o.config;
+    o.header_attributes(
+        "http.request.header.",
+        &config.request_headers,
+        src.request(),
+    );
+    o.header_attributes(
+        "http.response.header.",
+        &config.response_headers,
+        src.response(),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use serde_json::Value;
 
-    fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect()
+    fn h(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        HeaderMap::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        )
     }
 
     fn facts() -> Facts {
@@ -540,14 +712,17 @@ mod tests {
                 ("authorization", b"Bearer SECRET"),
                 ("cookie", b"a=SECRET"),
                 ("x-tenant", b"t1"),
-                ("x-switchyard-route", b"checkout"),
-                ("x-switchyard-endpoint", b"10.0.0.7:8080"),
+                // Client copies of the decisions: never read.
+                ("x-switchyard-route", b"forged-route"),
+                ("x-switchyard-endpoint", b"6.6.6.6:1"),
+                ("x-switchyard-ratelimit", b"over_limit;policy=forged"),
             ]),
             response_headers: h(&[
                 (":status", b"200"),
                 ("x-envoy-upstream-service-time", b"7"),
                 ("set-cookie", b"s=SECRET"),
                 ("content-type", b"text/plain"),
+                ("x-switchyard-ratelimit", b"over_limit;policy=forged"),
             ]),
             start_time_ns: Some(1_767_225_600_123_000_000),
             duration_ns: Some(12_500_000),
@@ -562,6 +737,11 @@ mod tests {
             route_name: Some("default".into()),
             downstream_remote_address: Some("127.0.0.1:5555".into()),
             client_address: Some("127.0.0.1".parse().unwrap()),
+            decisions: Decisions {
+                route: Some("checkout".into()),
+                endpoint: Some("10.0.0.7:8080".into()),
+                ..Decisions::default()
+            },
         }
     }
 
@@ -569,13 +749,17 @@ mod tests {
         switchyard_sdk::config::parse(json.as_bytes()).unwrap()
     }
 
+    fn record(c: &Config, f: &mut Facts) -> Value {
+        serde_json::from_str(&line(c, f)).unwrap()
+    }
+
     #[test]
     fn envoy_naming_has_the_default_format_fields() {
         let c = config(
             r#"{"request_headers":["x-tenant","authorization","cookie"],"response_headers":["set-cookie","content-type"]}"#,
         );
-        let r = build(&c, &facts());
-        let v = serde_json::to_value(&r).unwrap();
+        let l = line(&c, &mut facts());
+        let v: Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["start_time"], "2026-01-01T00:00:00.123Z");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["path"], "/a/b?x=1");
@@ -598,15 +782,16 @@ mod tests {
         assert_eq!(v["request_headers"]["cookie"], "[REDACTED]");
         assert_eq!(v["response_headers"]["set-cookie"], "[REDACTED]");
         assert_eq!(v["response_headers"]["content-type"], "text/plain");
-        assert!(!serde_json::to_string(&r).unwrap().contains("SECRET"));
+        assert!(!l.contains("SECRET"));
+        assert!(!l.contains("forged") && !l.contains("6.6.6.6"), "{l}");
         // Fixed order: start_time first, as Envoy's default format.
-        assert_eq!(r.fields[0].0, "start_time");
+        assert!(l.starts_with(r#"{"start_time":"#), "{l}");
     }
 
     #[test]
     fn otel_naming_follows_semantic_conventions() {
         let c = config(r#"{"naming":"otel","request_headers":["x-tenant","cookie"]}"#);
-        let v = serde_json::to_value(build(&c, &facts())).unwrap();
+        let v = record(&c, &mut facts());
         assert_eq!(v["http.request.method"], "GET");
         assert_eq!(v["url.path"], "/a/b");
         assert_eq!(v["url.query"], "x=1");
@@ -630,7 +815,7 @@ mod tests {
     #[test]
     fn redaction_applies_to_standard_fields_too() {
         let c = config(r#"{"redact":["user-agent","x-forwarded-for"]}"#);
-        let v = serde_json::to_value(build(&c, &facts())).unwrap();
+        let v = record(&c, &mut facts());
         assert_eq!(v["user_agent"], "[REDACTED]");
         assert_eq!(v["x_forwarded_for"], "[REDACTED]");
     }
@@ -638,22 +823,21 @@ mod tests {
     #[test]
     fn long_values_are_clipped_on_a_char_boundary() {
         let mut f = facts();
-        f.request_headers
-            .push(("x-long".into(), "é".repeat(100).into_bytes()));
+        f.request_headers.add("x-long", "é".repeat(100).as_bytes());
         let c = config(r#"{"max_field_bytes":21,"request_headers":["x-long"]}"#);
-        let v = serde_json::to_value(build(&c, &f)).unwrap();
+        let v = record(&c, &mut f);
         let s = v["request_headers"]["x-long"].as_str().unwrap();
         assert!(s.len() <= 21, "{s}");
         assert!(s.ends_with('…'));
-        assert_eq!(clip("short".into(), 16), "short");
+        assert_eq!(clip("short", 16), "short");
     }
 
     #[test]
     fn repeated_headers_are_joined() {
         let mut f = facts();
-        f.request_headers.push(("x-tenant".into(), b"t2".to_vec()));
+        f.request_headers.add("x-tenant", b"t2");
         let c = config(r#"{"request_headers":["x-tenant"]}"#);
-        let v = serde_json::to_value(build(&c, &f)).unwrap();
+        let v = record(&c, &mut f);
         assert_eq!(v["request_headers"]["x-tenant"], "t1, t2");
     }
 
@@ -672,23 +856,21 @@ mod tests {
             keep_errors: true,
         };
         let mut f = facts();
-        assert_eq!(decide(&s, &f), None);
+        assert_eq!(decide(&s, &mut f), None, "forged verdict headers ignored");
         f.response_code = Some(503);
-        assert_eq!(decide(&s, &f), Some(Keep::Error));
+        assert_eq!(decide(&s, &mut f), Some(Keep::Error));
         f.response_code = Some(404);
-        assert_eq!(decide(&s, &f), Some(Keep::Error));
+        assert_eq!(decide(&s, &mut f), Some(Keep::Error));
         f.response_code = Some(429);
-        assert_eq!(decide(&s, &f), Some(Keep::RateLimited));
+        assert_eq!(decide(&s, &mut f), Some(Keep::RateLimited));
         f.response_code = Some(200);
-        f.request_headers
-            .push((RATELIMIT_HEADER.into(), b"over_limit;policy=p1".to_vec()));
-        assert_eq!(decide(&s, &f), Some(Keep::RateLimited));
+        f.decisions.rate_limit = Some("over_limit;policy=p1".into());
+        assert_eq!(decide(&s, &mut f), Some(Keep::RateLimited));
         let mut g = facts();
-        g.request_headers
-            .push((RATELIMIT_HEADER.into(), b"OK; remaining=3".to_vec()));
-        assert_eq!(decide(&s, &g), None);
+        g.decisions.rate_limit = Some("OK; remaining=3".into());
+        assert_eq!(decide(&s, &mut g), None);
         g.response_flags = Some(FLAG_RATE_LIMITED);
-        assert_eq!(decide(&s, &g), Some(Keep::RateLimited));
+        assert_eq!(decide(&s, &mut g), Some(Keep::RateLimited));
 
         // A 30 % rate keeps about 30 % of ids, the same ones every time.
         let s = Sampling {
@@ -698,20 +880,223 @@ mod tests {
         let mut kept = 0;
         for i in 0..20_000 {
             let mut f = facts();
-            f.request_headers[4].1 = format!("req-{i}").into_bytes();
-            let a = decide(&s, &f);
-            assert_eq!(a, decide(&s, &f));
+            f.request_headers
+                .set("x-request-id", format!("req-{i}").as_bytes());
+            let a = decide(&s, &mut f);
+            assert_eq!(a, decide(&s, &mut f));
             kept += usize::from(a.is_some());
         }
         assert!((5_400..6_600).contains(&kept), "{kept}");
     }
 
+    /// Counts what a record reads, to prove reads happen on demand.
+    struct Counting {
+        facts: Facts,
+        attrs: Vec<Attr>,
+        response_reads: usize,
+    }
+
+    impl Source for Counting {
+        fn request(&mut self) -> &HeaderMap {
+            self.facts.request()
+        }
+        fn response(&mut self) -> &HeaderMap {
+            self.response_reads += 1;
+            self.facts.response()
+        }
+        fn text(&mut self, attr: Attr) -> Option<&[u8]> {
+            self.attrs.push(attr);
+            self.facts.text(attr)
+        }
+        fn number(&mut self, attr: Attr) -> Option<u64> {
+            self.attrs.push(attr);
+            self.facts.number(attr)
+        }
+        fn client_address(&mut self, hops: u32) -> Option<IpAddr> {
+            self.facts.client_address(hops)
+        }
+        fn decisions(&self) -> &Decisions {
+            self.facts.decisions()
+        }
+    }
+
+    #[test]
+    fn sampling_reads_only_what_it_needs() {
+        let s = Sampling {
+            rate: 0.0,
+            keep_errors: true,
+        };
+        let mut c = Counting {
+            facts: facts(),
+            attrs: Vec::new(),
+            response_reads: 0,
+        };
+        assert_eq!(decide(&s, &mut c), None);
+        assert_eq!(c.attrs, [Attr::ResponseCode, Attr::ResponseFlags]);
+        assert_eq!(c.response_reads, 0);
+        // A 429 needs nothing more.
+        c.facts.response_code = Some(429);
+        c.attrs.clear();
+        assert_eq!(decide(&s, &mut c), Some(Keep::RateLimited));
+        assert_eq!(c.attrs, [Attr::ResponseCode]);
+    }
+
     #[test]
     fn authority_splitting() {
-        assert_eq!(split_authority("a.test"), ("a.test".into(), None));
-        assert_eq!(split_authority("a.test:81"), ("a.test".into(), Some(81)));
-        assert_eq!(split_authority("[::1]:81"), ("::1".into(), Some(81)));
-        assert_eq!(split_authority("::1"), ("::1".into(), None));
-        assert_eq!(split_authority("a:b"), ("a:b".into(), None));
+        assert_eq!(split_authority("a.test"), ("a.test", None));
+        assert_eq!(split_authority("a.test:81"), ("a.test", Some(81)));
+        assert_eq!(split_authority("[::1]:81"), ("::1", Some(81)));
+        assert_eq!(split_authority("::1"), ("::1", None));
+        assert_eq!(split_authority("a:b"), ("a:b", None));
+    }
+
+    // ---- golden records: the lines the serde_json `Record` tree wrote ----
+
+    fn golden_full() -> Facts {
+        let mut f = facts();
+        f.request_headers = h(&[
+            (":method", b"GET"),
+            (":path", b"/a/b?x=1"),
+            (":authority", b"shop.test:8080"),
+            (":scheme", b"http"),
+            ("x-request-id", b"req-1"),
+            ("user-agent", b"curl/8"),
+            ("x-forwarded-for", b"1.2.3.4"),
+            ("authorization", b"Bearer SECRET"),
+            ("cookie", b"a=SECRET"),
+            ("x-tenant", b"t1"),
+            ("x-tenant", b"t2"),
+        ]);
+        f.response_headers = h(&[
+            (":status", b"200"),
+            ("x-envoy-upstream-service-time", b" 7 "),
+            ("set-cookie", b"s=SECRET"),
+            ("content-type", b"text/plain"),
+        ]);
+        f.decisions.rate_limit = Some("ok;policy=p1".into());
+        f
+    }
+
+    fn golden_v6() -> Facts {
+        Facts {
+            request_headers: h(&[
+                (":method", b"POST"),
+                (":path", b"/rewritten"),
+                ("x-envoy-original-path", b"/orig/\xe2\x80\xa8p"),
+                (":authority", b"[::1]:8443"),
+            ]),
+            response_headers: h(&[
+                (":status", b"503"),
+                ("x-envoy-upstream-service-time", b"nope"),
+            ]),
+            start_time_ns: Some(0),
+            duration_ns: Some(999_999),
+            protocol: Some("HTTP/2".into()),
+            response_code: Some(503),
+            response_flags: Some(0x2 | 0x20 | (1 << 29) | (1 << 40)),
+            response_code_details: Some(
+                "upstream_reset_before_response_started{connection_failure}".into(),
+            ),
+            bytes_received: Some(12),
+            upstream_cluster: Some("c\"q\\".into()),
+            downstream_remote_address: Some("[::1]:5555".into()),
+            client_address: Some("::1".parse().unwrap()),
+            decisions: Decisions {
+                rate_limit: Some("over_limit;policy=per-tenant".into()),
+                ..Decisions::default()
+            },
+            ..Facts::default()
+        }
+    }
+
+    fn golden_long() -> Facts {
+        let mut f = golden_full();
+        f.request_headers.add("x-long", "é".repeat(100).as_bytes());
+        let path = format!("/{}?{}", "p".repeat(30), "q".repeat(30));
+        f.request_headers.set(":path", path.as_bytes());
+        f.request_headers
+            .set(":authority", format!("{}:81", "h".repeat(40)).as_bytes());
+        f.route_name = Some("r".repeat(50));
+        f
+    }
+
+    fn golden_hostile() -> Facts {
+        let v: &[u8] = b"a\r\nb\0c\"d\\e\xff\xfe\xc3(f\x1b[31m\x7f\x08\x0c\t\xe2\x80\xa8g\xe2\x80\xa9\"}\n{\"forged\":1}";
+        let mut f = Facts::default();
+        for name in [
+            ":path",
+            ":authority",
+            ":method",
+            ":scheme",
+            "user-agent",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-evil",
+        ] {
+            f.request_headers.add(name, v);
+        }
+        f.response_headers.add("x-evil", v);
+        f.response_headers.add("x-envoy-upstream-service-time", v);
+        let s = String::from_utf8_lossy(v).into_owned();
+        f.response_code_details = Some(s.clone());
+        f.route_name = Some(s.clone());
+        f.protocol = Some(s.clone());
+        f.upstream_host = Some(s.clone());
+        f.upstream_cluster = Some(s.clone());
+        f.downstream_remote_address = Some(s);
+        f
+    }
+
+    /// The record is written directly now; every line must stay byte for
+    /// byte what the `serde_json::Value` tree wrote (recorded in the file),
+    /// switchyard fields now from decisions instead of headers.
+    #[test]
+    fn lines_are_byte_identical_to_the_serde_json_records() {
+        let golden = include_str!("../tests/data/golden_records.jsonl");
+        let mut checked = 0;
+        for entry in golden.lines() {
+            let g: Value = serde_json::from_str(entry).unwrap();
+            let config = config(match g["config"].as_str().unwrap() {
+                "envoy-default" => r#"{}"#,
+                "envoy-headers" => {
+                    r#"{"request_headers":["x-tenant","authorization","cookie",":scheme","x-tenant","x-absent"],"response_headers":["set-cookie","content-type"]}"#
+                }
+                "otel-headers" => {
+                    r#"{"naming":"otel","request_headers":["x-tenant","cookie",":scheme","x-absent"],"response_headers":["content-type","set-cookie"]}"#
+                }
+                "envoy-redact" => {
+                    r#"{"redact":["user-agent","x-forwarded-for",":path",":authority",":method","x-request-id"],"redaction":"<r>"}"#
+                }
+                "otel-redact" => {
+                    r#"{"naming":"otel","redact":["user-agent",":path",":authority","x-request-id"]}"#
+                }
+                "envoy-clip" => r#"{"max_field_bytes":21,"request_headers":["x-long"]}"#,
+                "otel-clip" => {
+                    r#"{"naming":"otel","max_field_bytes":21,"request_headers":["x-long"]}"#
+                }
+                "envoy-evil" => r#"{"request_headers":["x-evil"],"response_headers":["x-evil"]}"#,
+                "otel-evil" => {
+                    r#"{"naming":"otel","request_headers":["x-evil"],"response_headers":["x-evil"]}"#
+                }
+                other => panic!("unknown config {other}"),
+            });
+            let mut f = match g["facts"].as_str().unwrap() {
+                "full" => golden_full(),
+                "v6" => golden_v6(),
+                "long" => golden_long(),
+                "hostile" => golden_hostile(),
+                "empty" => Facts::default(),
+                other => panic!("unknown facts {other}"),
+            };
+            let case = format!("{} / {}", g["config"], g["facts"]);
+            assert_eq!(line(&config, &mut f), g["line"].as_str().unwrap(), "{case}");
+            assert_eq!(
+                decide(&config.sampling, &mut f).is_some(),
+                g["keep"].as_bool().unwrap(),
+                "{case}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 45);
     }
 }

@@ -11,6 +11,17 @@
 //! Nothing here waits: on_log only enqueues; the sender's work is a few host
 //! calls per record plus one callout per batch, and a slow or dead collector
 //! only makes the buffer fill up (then new records are dropped and counted).
+//!
+//! The lease stays with its holder whatever the collector does: a refused
+//! or failed send keeps the batch and backs off, so retries come from one
+//! VM at the backoff's pace however many workers tick. (A once-per-interval
+//! [`switchyard_sdk::job::Job`] would not fit: the buffer lives in the
+//! holder's memory.)
+//!
+//! Callouts go through the root's [`Callouts`] ([`RootServices`]), which an
+//! answer's callback cannot reach; to send the next batch right after an
+//! answer, the callback puts an empty item on the queue, and the
+//! `on_queue_ready` it brings (with the root services) sends it.
 
 use crate::config::{Format, HttpSink};
 use crate::encode;
@@ -22,6 +33,7 @@ use std::time::Duration;
 use switchyard_sdk::callout::{CalloutError, Callouts, HttpRequest, HttpResponse};
 use switchyard_sdk::host;
 use switchyard_sdk::lease::Lease;
+use switchyard_sdk::stage::RootServices;
 
 /// Most queue items taken per drain, so one callback stays short on a
 /// worker; the rest waits for the next notification or tick.
@@ -32,12 +44,15 @@ pub const BATCH_ID_HEADER: &str = "x-switchyard-batch-id";
 
 /// Where records go: the queue, found by name in this plugin's vm_id.
 pub struct QueueRef {
+    /// The plugin's vm_id: the scope of the queue name.
     pub vm_id: String,
+    /// The queue's name (`http.queue`).
     pub name: String,
     id: Cell<Option<u32>>,
 }
 
 impl QueueRef {
+    /// A queue found (or created) on first use.
     pub fn new(vm_id: String, name: String) -> Self {
         QueueRef {
             vm_id,
@@ -78,6 +93,19 @@ impl QueueRef {
         }
     }
 
+    /// Whether `queue_id` (from `on_queue_ready`) is this queue.
+    pub fn is(&self, queue_id: u32) -> bool {
+        self.id.get() == Some(queue_id)
+    }
+
+    /// Brings `on_queue_ready` to the VM that registered the queue: an
+    /// empty item, which [`Sender`] skips.
+    pub fn wake(&self) {
+        if !self.enqueue("") {
+            log::debug!("access-log: cannot wake the sender through {}", self.name);
+        }
+    }
+
     /// Puts one encoded record on the queue; false if the host refused.
     pub fn enqueue(&self, record: &str) -> bool {
         let Some(id) = self.id() else { return false };
@@ -95,12 +123,13 @@ impl QueueRef {
     }
 }
 
+/// One VM's sender: drains the queue while it holds the lease, and ships
+/// what it holds (see the module docs).
 pub struct Sender {
     sink: HttpSink,
     queue: Rc<QueueRef>,
     lease: Lease,
     shipper: RefCell<Shipper>,
-    callouts: Callouts,
     metrics: Rc<Metrics>,
     /// What this VM last added to the `queue_depth` gauge.
     reported_depth: Cell<u64>,
@@ -110,6 +139,7 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// A sender for `sink`; `instance` tells VMs apart (lease, batch ids).
     pub fn new(
         sink: HttpSink,
         queue: Rc<QueueRef>,
@@ -130,7 +160,6 @@ impl Sender {
             queue,
             lease,
             shipper: RefCell::new(shipper),
-            callouts: Callouts::new(),
             metrics,
             reported_depth: Cell::new(0),
             failures_in_row: Cell::new(0),
@@ -138,11 +167,14 @@ impl Sender {
         })
     }
 
+    /// How often every VM should tick (lease renewal, flush checks).
     pub fn tick_period(&self) -> Duration {
         Duration::from_millis(self.sink.tick_ms)
     }
 
-    pub fn on_tick(&self) {
+    /// Renews or takes the lease; the holder registers the queue (so it is
+    /// the VM notified) and drains it. Every VM ships what it holds.
+    pub fn on_tick(&self, root: &RootServices) {
         let holder = self.lease.acquire().unwrap_or_else(|e| {
             log::debug!("access-log: lease: {e}");
             false
@@ -151,20 +183,20 @@ impl Sender {
             self.queue.register();
             self.drain();
         }
-        self.pump();
+        self.pump(&root.callouts);
         self.report_depth();
     }
 
-    pub fn on_queue_ready(&self) {
+    /// Records (or a wake-up) arrived on queue `queue_id`.
+    pub fn on_queue_ready(&self, root: &RootServices, queue_id: u32) {
+        if !self.queue.is(queue_id) {
+            return;
+        }
         if self.lease.held() {
             self.drain();
-            self.pump();
-            self.report_depth();
         }
-    }
-
-    pub fn on_http_call_response(&self, token: u32, body_size: usize) {
-        self.callouts.on_http_response(token, body_size);
+        self.pump(&root.callouts);
+        self.report_depth();
     }
 
     /// Gives the lease up (VM shutting down).
@@ -178,6 +210,8 @@ impl Sender {
         let mut shipper = self.shipper.borrow_mut();
         for _ in 0..MAX_DRAIN {
             match host::dequeue(queue) {
+                // A wake-up (see `QueueRef::wake`), not a record.
+                Ok(Some(bytes)) if bytes.is_empty() => {}
                 Ok(Some(bytes)) => {
                     let record = String::from_utf8(bytes)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -196,7 +230,7 @@ impl Sender {
     }
 
     /// Sends the next batch if one is due (one in flight at a time).
-    fn pump(&self) {
+    fn pump(&self, callouts: &Callouts) {
         let now = host::now_nanos();
         let (id, attempt, body) = {
             let mut shipper = self.shipper.borrow_mut();
@@ -226,7 +260,7 @@ impl Sender {
             .timeout(Duration::from_millis(self.sink.timeout_ms));
         let me = self.me.clone();
         self.metrics.batches_sent.inc();
-        let sent = self.callouts.http(request, move |result| {
+        let sent = callouts.http(request, move |result| {
             if let Some(sender) = me.upgrade() {
                 sender.on_result(id, result);
             }
@@ -245,8 +279,10 @@ impl Sender {
             Err(e) => (None, e.to_string()),
         };
         self.finish(id, shipper::classify(status), &why);
-        self.pump();
         self.report_depth();
+        if self.shipper.borrow().held() > 0 {
+            self.queue.wake();
+        }
     }
 
     fn finish(&self, id: u64, result: SendResult, why: &str) {

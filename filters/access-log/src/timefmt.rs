@@ -7,18 +7,29 @@ const SECS_PER_DAY: u64 = 86_400;
 
 /// Formats nanoseconds since the Unix epoch.
 pub fn format_rfc3339_ms(unix_nanos: u64) -> String {
+    let mut out = String::with_capacity(24);
+    write_rfc3339_ms(&mut out, unix_nanos);
+    out
+}
+
+/// Appends the [`format_rfc3339_ms`] form to `out` (records are written
+/// into one buffer, without a temporary string per timestamp).
+pub fn write_rfc3339_ms(out: &mut String, unix_nanos: u64) {
+    use std::fmt::Write;
     let ms_total = unix_nanos / NANOS_PER_MS;
     let ms = ms_total % 1000;
     let secs = ms_total / 1000;
     let days = secs / SECS_PER_DAY;
     let rem = secs % SECS_PER_DAY;
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
-    )
+    );
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (what [`format_rfc3339_ms`]

@@ -1,14 +1,17 @@
 //! The filter's real code through the proxy-wasm ABI, in the host emulator:
-//! records in on_log, the log sink, and the single sender (lease, shared
-//! queue, batches, retries, loss accounting) across two workers.
+//! records in on_log, the log sink, decisions of earlier stages (and client
+//! copies ignored), host crossings per request, and the single sender
+//! (lease, shared queue, batches, retries, loss accounting) across workers.
 
 // Test code: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
 use std::time::Duration;
-use switchyard_access_log::_initialize;
-use switchyard_emulator::{CallOutcome, Host, Stream, Worker};
+use switchyard_access_log::init;
+use switchyard_emulator::{CallOutcome, Crossing, Host, Stream, Worker};
+use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
 
 const M: &str = "switchyard.access-log.";
 
@@ -17,7 +20,7 @@ fn metric(host: &Host, name: &str) -> u64 {
 }
 
 fn host(config: &str) -> Host {
-    Host::new(_initialize)
+    Host::new(init)
         .vm_id("access_log")
         .plugin_config(config.to_string())
         .echo_logs(false)
@@ -96,11 +99,278 @@ fn sampling_counts_what_it_leaves_out() {
     let host = host(r#"{"sampling":{"rate":0.0}}"#);
     let worker = host.start_worker();
     request(&worker, "a", &[]);
-    request(&worker, "b", &[("x-switchyard-ratelimit", b"over_limit")]);
+    let s = worker.http_stream();
+    s.request_headers(
+        &[(":method", "GET"), (":path", "/"), ("x-request-id", "e")],
+        true,
+    );
+    s.response_headers(&[(":status", "503")], true);
+    s.finish();
     assert_eq!(metric(&host, "sampled_out"), 1);
-    assert_eq!(metric(&host, "records"), 1);
+    assert_eq!(metric(&host, "records"), 1, "errors are kept");
     let v: Value = serde_json::from_str(&logged_records(&host)[0]).unwrap();
-    assert_eq!(v["switchyard_ratelimit"], "over_limit");
+    assert_eq!(v["response_code"], 503);
+}
+
+/// The headers that once carried decisions, with forged values.
+const FORGED: [(&str, &[u8]); 3] = [
+    ("x-switchyard-route", b"forged-route"),
+    ("x-switchyard-endpoint", b"6.6.6.6:66"),
+    ("x-switchyard-ratelimit", b"over_limit;policy=forged"),
+];
+
+#[test]
+fn client_copies_of_decision_headers_are_ignored() {
+    // A forged `over_limit` used to override sampling: now nothing is kept.
+    let host = host(r#"{"sampling":{"rate":0.0}}"#);
+    let worker = host.start_worker();
+    let s = worker.http_stream();
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        (":method", b"GET"),
+        (":path", b"/"),
+        ("x-request-id", b"f-1"),
+    ];
+    headers.extend_from_slice(&FORGED);
+    s.request_headers_bytes(&headers, true);
+    // An upstream's copy counts no more than a client's.
+    s.response_headers_bytes(&[(":status", b"200"), FORGED[2]], true);
+    s.finish();
+    assert_eq!(metric(&host, "records"), 0);
+    assert_eq!(metric(&host, "sampled_out"), 1);
+    assert!(logged_records(&host).is_empty());
+
+    // Kept records show no client copy: alone in its module, the access
+    // log has no decisions, so the fields are null.
+    let host = self::host("{}");
+    let worker = host.start_worker();
+    request(&worker, "f-2", &FORGED);
+    let line = &logged_records(&host)[0];
+    assert!(
+        !line.contains("forged") && !line.contains("6.6.6.6"),
+        "{line}"
+    );
+    let v: Value = serde_json::from_str(line).unwrap();
+    for field in [
+        "switchyard_route",
+        "switchyard_endpoint",
+        "switchyard_ratelimit",
+    ] {
+        assert_eq!(v[field], Value::Null, "{field}");
+    }
+}
+
+// ---- in a chain: decisions from the stages before ----
+
+/// Stands in for the router, balancer and rate limiter: decides from
+/// `x-test-*` request headers, and reads both header maps as those stages
+/// do.
+struct Decider;
+
+impl Stage for Decider {
+    fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
+        let get = |ex: &mut Exchange, name: &str| ex.request().get_str(name).map(str::to_string);
+        ex.decisions.route = get(ex, "x-test-route");
+        ex.decisions.endpoint = get(ex, "x-test-endpoint");
+        ex.decisions.rate_limit = get(ex, "x-test-ratelimit");
+        Flow::Continue
+    }
+
+    fn on_response_headers(&self, ex: &mut Exchange) -> Flow {
+        let _ = ex.response();
+        Flow::Continue
+    }
+}
+
+const DECIDER: StageSpec = StageSpec {
+    name: "decider",
+    filter: "decider",
+    build: |_: &[u8], _: &Setup| -> Result<Box<dyn Stage>, ConfigError> { Ok(Box::new(Decider)) },
+};
+
+const CHAIN: &[StageSpec] = &[DECIDER, switchyard_access_log::SPEC];
+
+extern "C" fn chain_init() {
+    switchyard_sdk::module::install_chain(CHAIN);
+}
+
+fn chain_host(access_log: &str) -> Host {
+    Host::new(chain_init)
+        .vm_id("chain")
+        .plugin_config(format!(
+            r#"{{"stages":[{{"decider":{{}}}},{{"access_log":{access_log}}}]}}"#
+        ))
+        .echo_logs(false)
+        .build()
+}
+
+#[test]
+fn decisions_of_earlier_stages_are_logged_and_count_for_sampling() {
+    let host = chain_host(r#"{"sampling":{"rate":0.0}}"#);
+    let worker = host.start_worker();
+    assert!(worker.configured());
+    let mut limited: Vec<(&str, &[u8])> = vec![
+        ("x-test-route", b"checkout"),
+        ("x-test-endpoint", b"10.0.0.7:8080"),
+        ("x-test-ratelimit", b"over_limit;policy=per-tenant"),
+    ];
+    limited.extend_from_slice(&FORGED);
+    request(&worker, "d-1", &limited);
+    request(
+        &worker,
+        "d-2",
+        &[("x-test-ratelimit", b"ok;policy=per-tenant")],
+    );
+    assert_eq!(
+        metric(&host, "records"),
+        1,
+        "over_limit kept, ok sampled out"
+    );
+    assert_eq!(metric(&host, "sampled_out"), 1);
+    let line = &logged_records(&host)[0];
+    assert!(
+        !line.contains("forged") && !line.contains("6.6.6.6"),
+        "{line}"
+    );
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["request_id"], "d-1");
+    assert_eq!(v["switchyard_route"], "checkout");
+    assert_eq!(v["switchyard_endpoint"], "10.0.0.7:8080");
+    assert_eq!(v["switchyard_ratelimit"], "over_limit;policy=per-tenant");
+}
+
+// ---- host crossings per request ----
+
+/// A GET as Envoy reports it at `on_log`: every attribute a record uses.
+fn realistic_get(worker: &Worker) -> Stream {
+    let s = worker.http_stream();
+    let int = |n: i64| n.to_le_bytes().to_vec();
+    for (path, value) in [
+        (&["source", "address"][..], b"10.0.0.9:5555".to_vec()),
+        (&["request", "time"][..], int(1_767_225_600_123_000_000)),
+        (&["request", "duration"][..], int(12_500_000)),
+        (&["request", "protocol"][..], b"HTTP/1.1".to_vec()),
+        (&["request", "size"][..], int(0)),
+        (&["response", "size"][..], int(5)),
+        (&["response", "flags"][..], int(0)),
+        (&["response", "code_details"][..], b"via_upstream".to_vec()),
+        (&["upstream", "address"][..], b"10.0.0.7:8080".to_vec()),
+        (&["xds", "cluster_name"][..], b"backends".to_vec()),
+        (&["xds", "route_name"][..], b"default".to_vec()),
+    ] {
+        s.set_property(path, value);
+    }
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/p?x=1"),
+            (":authority", "shop.test"),
+            (":scheme", "http"),
+            ("user-agent", "curl/8"),
+            ("x-request-id", "c-1"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ],
+        true,
+    );
+    s.response_headers(
+        &[
+            (":status", "200"),
+            ("content-type", "text/plain"),
+            ("x-envoy-upstream-service-time", "3"),
+        ],
+        false,
+    );
+    s.response_body(b"hello", true);
+    s.finish();
+    s
+}
+
+/// A GET with the default configuration (log sink on), the access log
+/// alone in its module:
+/// - 5 callbacks: context_create, request_headers, response_headers, log,
+///   delete (the SDK exports no body callbacks and no on_done);
+/// - in on_log, the two header maps: one `proxy_get_header_map_pairs` and
+///   one allocation each (4);
+/// - the 12 attributes the fields of either naming need, one
+///   `proxy_get_property` and one allocation each (24): request.time,
+///   .protocol, .size, .duration, response.code, .flags, .size,
+///   .code_details, upstream.address, xds.cluster_name, xds.route_name,
+///   source.address (shared by downstream_remote_address and
+///   client_address);
+/// - the `records` counter and the log line (2).
+///
+/// Before the port: 37 (the same reads, plus the proxy-wasm crate's
+/// on_response_body and on_done callbacks).
+const ACCESS_LOG_GET_BUDGET: usize = 35;
+
+/// The same GET sampled out (`rate: 0`, status 200): 5 callbacks, the
+/// request map (for the request id), response.code and response.flags (to
+/// rule out a rate-limited request), and the `sampled_out` counter:
+/// 5 + 2 + 4 + 1. Before the port: 36 (every value was read before
+/// sampling).
+const ACCESS_LOG_SAMPLED_OUT_BUDGET: usize = 12;
+
+#[test]
+fn crossing_budget_of_a_get() {
+    let host = host("{}");
+    let worker = host.start_worker();
+    let s = realistic_get(&worker);
+    let crossings = s.crossings();
+    println!("access-log GET: {crossings}");
+    assert_eq!(logged_records(&host).len(), 1);
+    assert!(
+        crossings.total() <= ACCESS_LOG_GET_BUDGET,
+        "over budget ({ACCESS_LOG_GET_BUDGET}): {crossings}"
+    );
+    let properties = crossings
+        .0
+        .iter()
+        .filter(|c| **c == Crossing::HostCall("proxy_get_property"))
+        .count();
+    assert_eq!(properties, 12, "each attribute read once: {crossings}");
+}
+
+#[test]
+fn crossing_budget_of_a_sampled_out_get() {
+    let host = host(r#"{"sampling":{"rate":0.0}}"#);
+    let worker = host.start_worker();
+    let s = realistic_get(&worker);
+    let crossings = s.crossings();
+    println!("access-log GET, sampled out: {crossings}");
+    assert_eq!(metric(&host, "sampled_out"), 1);
+    assert!(
+        crossings.total() <= ACCESS_LOG_SAMPLED_OUT_BUDGET,
+        "over budget ({ACCESS_LOG_SAMPLED_OUT_BUDGET}): {crossings}"
+    );
+}
+
+/// In a chain the header maps the earlier stages read are free: on_log
+/// reads only attributes.
+#[test]
+fn in_a_chain_on_log_reads_no_header_map_again() {
+    let host = chain_host("{}");
+    let worker = host.start_worker();
+    let s = realistic_get(&worker);
+    let crossings = s.crossings();
+    println!("decider + access-log GET: {crossings}");
+    assert_eq!(logged_records(&host).len(), 1);
+    let on_log = crossings
+        .0
+        .iter()
+        .position(|c| *c == Crossing::Callback("proxy_on_log"))
+        .unwrap();
+    let in_log = crossings.since(on_log + 1);
+    assert!(
+        !in_log
+            .0
+            .contains(&Crossing::HostCall("proxy_get_header_map_pairs")),
+        "{in_log}"
+    );
+    let maps = crossings
+        .0
+        .iter()
+        .filter(|c| **c == Crossing::HostCall("proxy_get_header_map_pairs"))
+        .count();
+    assert_eq!(maps, 2, "{crossings}");
 }
 
 const SHIPPING: &str = r#"{"log":{"enabled":false},"http":{"cluster":"collector","path":"/ingest",
@@ -267,9 +537,64 @@ fn otlp_batches() {
     assert_eq!(recs[0]["body"]["stringValue"], "GET /p 200");
 }
 
+/// Fault check: "periodic work runs once per worker when the callout cannot
+/// be sent". A refused send (unknown cluster) keeps the batch and the
+/// lease: retries come from the holder at the backoff's pace, at most
+/// 1.3 × duration ÷ interval attempts whatever the worker count.
+#[test]
+fn a_refused_send_is_retried_by_the_holder_alone_at_the_backoff_pace() {
+    const INTERVAL: Duration = Duration::from_millis(400);
+    const RUN: Duration = Duration::from_secs(20);
+    const TICK: Duration = Duration::from_millis(100);
+    let lease = "switchyard/access-log/switchyard.access-log/sender";
+    for workers in [1, 4] {
+        let host = Host::new(init)
+            .vm_id("access_log")
+            .plugin_config(
+                r#"{"log":{"enabled":false},"http":{"cluster":"collector","batch_max_records":1,
+                    "backoff_initial_ms":400,"backoff_max_ms":400}}"#,
+            )
+            .clusters(["other"])
+            .echo_logs(false)
+            .build();
+        let ws: Vec<Worker> = (0..workers).map(|_| host.start_worker()).collect();
+        for w in &ws {
+            w.tick();
+        }
+        let holder = host.shared_data(lease).unwrap().0;
+        request(&ws[workers - 1], "r-1", &[]);
+        host.drain_all();
+        assert_eq!(metric(&host, "batch_failures"), 1, "refused at once");
+        for _ in 0..RUN.as_millis() / TICK.as_millis() {
+            host.advance(TICK);
+            for w in &ws {
+                w.tick();
+            }
+        }
+        let attempts = metric(&host, "batch_failures");
+        let most = 1.3 * RUN.as_secs_f64() / INTERVAL.as_secs_f64();
+        assert!(
+            (attempts as f64) <= most,
+            "{workers} workers: {attempts} attempts in {RUN:?}, at most {most}"
+        );
+        assert!(
+            attempts >= 20,
+            "{workers} workers: still retrying ({attempts})"
+        );
+        assert_eq!(metric(&host, "batches_sent"), attempts);
+        assert_eq!(
+            host.shared_data(lease).unwrap().0[..8],
+            holder[..8],
+            "the lease stays with its holder"
+        );
+        assert_eq!(metric(&host, "queue_depth"), 1, "the record is kept");
+        assert_eq!(metric(&host, "dropped"), 0);
+    }
+}
+
 #[test]
 fn bad_config_is_refused_and_names_the_field() {
-    let host = Host::new(_initialize)
+    let host = Host::new(init)
         .plugin_config(r#"{"http":{"cluster":"c","tick_ms":1}}"#)
         .echo_logs(false)
         .build();

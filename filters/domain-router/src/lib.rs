@@ -4,24 +4,24 @@
 //! or from a control endpoint polled by one worker and shared with all.
 //!
 //! Pure modules: [`domain`], [`matcher`], [`table`], [`router`],
-//! [`publish`], [`config`]. Glue: `core` (per-VM state), `root`, `stream`.
+//! [`publish`], [`config`]. Glue: `core` (per-VM state), `stage` (the [`switchyard_sdk::stage::Stage`]).
 
 pub mod config;
 mod core;
 pub mod domain;
 pub mod matcher;
 pub mod publish;
-mod root;
 pub mod router;
-mod stream;
+pub mod stage;
 pub mod table;
 
-use switchyard_sdk::proxy_wasm;
-use switchyard_sdk::proxy_wasm::traits::RootContext;
+pub use stage::SPEC;
 
 #[cfg(test)]
 use switchyard_emulator as _;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
-}}
+/// Installs this stage alone as the VM's module (the emulator's entry point;
+/// the shipped module is `modules/domain-router`).
+pub extern "C" fn init() {
+    switchyard_sdk::module::install_single(SPEC);
+}

@@ -15,6 +15,11 @@ pub trait RequestView {
     fn method(&self) -> &[u8];
     /// A request header's (first) value.
     fn header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every value of a repeated request header, in order (Envoy's route
+    /// header matcher matches when any of them does).
+    fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.header(name).into_iter().collect()
+    }
 }
 
 /// Compiles `pattern` to match a whole value (Envoy's `safe_regex` is a full
@@ -79,14 +84,17 @@ pub struct HeaderMatch {
 }
 
 impl HeaderMatch {
+    /// Whether the request satisfies this matcher. A repeated header
+    /// matches when any of its values does (as Envoy's route matcher was
+    /// observed to: `x-tier: free` then `x-tier: premium` matches `exact:
+    /// premium`); `invert` negates the whole result.
     pub fn matches(&self, request: &dyn RequestView) -> bool {
-        let value = request.header(&self.name);
-        let hit = match (&self.value, value.as_deref()) {
-            (ValueMatch::Present(want), v) => v.is_some() == *want,
-            (_, None) => false,
-            (ValueMatch::Exact(e), Some(v)) => v == e.as_slice(),
-            (ValueMatch::Prefix(p), Some(v)) => v.starts_with(p),
-            (ValueMatch::Regex(re), Some(v)) => regex_matches(re, v),
+        let values = request.header_values(&self.name);
+        let hit = match &self.value {
+            ValueMatch::Present(want) => values.is_empty() != *want,
+            ValueMatch::Exact(e) => values.iter().any(|v| v == e),
+            ValueMatch::Prefix(p) => values.iter().any(|v| v.starts_with(p)),
+            ValueMatch::Regex(re) => values.iter().any(|v| regex_matches(re, v)),
         };
         hit != self.invert
     }
@@ -153,6 +161,29 @@ pub(crate) mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_bytes().to_vec())
         }
+        fn header_values(&self, name: &str) -> Vec<Vec<u8>> {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_bytes().to_vec())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn repeated_headers_match_when_any_value_does() {
+        let m = HeaderMatch {
+            name: "x-tier".into(),
+            value: ValueMatch::Exact(b"premium".to_vec()),
+            invert: false,
+        };
+        let both = FakeRequest::new("GET", "/", &[("x-tier", "free"), ("x-tier", "premium")]);
+        assert!(m.matches(&both));
+        let free = FakeRequest::new("GET", "/", &[("x-tier", "free")]);
+        assert!(!m.matches(&free));
+        let inverted = HeaderMatch { invert: true, ..m };
+        assert!(!inverted.matches(&both));
+        assert!(inverted.matches(&free));
     }
 
     #[test]

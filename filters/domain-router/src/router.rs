@@ -340,7 +340,7 @@ mod tests {
         assert!(err(r#"{"virtual_hosts": [{"domains": ["a"], "rules": [{"weighted_clusters": {"clusters": [{"name": "a", "weight": 0}]}}]}]}"#)
             .contains("weights must not all be 0"));
         assert!(err(r#"{"virtual_hostz": []}"#).contains("unknown field"));
-        assert!(err("").contains("empty table"));
+        assert!(err("").contains("the document is empty"));
         assert!(
             err(r#"{"virtual_hosts": [{"domains": ["a"], "rules": [{"cluster": "bad\r\nx"}]}]}"#)
                 .contains("CR, LF")

@@ -22,7 +22,7 @@ use crate::matcher::{HeaderMatch, PathMatch, RequestMatch, ValueMatch, compile_r
 use crate::router::{Extras, Router, Rule, Target, TenantMap, VirtualHost, Weighted};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use switchyard_sdk::config::{ConfigError, Validate, ensure};
+use switchyard_sdk::config::{ConfigError, ensure};
 
 /// Distinct named rules (each is a metric that lives as long as Envoy).
 pub const MAX_RULE_STATS: usize = 1000;
@@ -125,21 +125,13 @@ pub struct TenantMapDoc {
     pub default_cluster: Option<String>,
 }
 
-// Semantic checks need the compiled form (regexes, duplicate domains): they
-// live in `compile`, which every caller runs; serde's checks come first.
-impl Validate for TableDoc {
-    fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-}
-
-/// Parses and compiles a table. Empty input is an error (an empty table must
-/// be written `{}`), so a truncated control response never wipes the routes.
+/// Parses and compiles a table. The document must be exactly one JSON
+/// object: empty input (an empty table is written `{}`), another root such
+/// as `[]` and trailing data are errors, so a truncated or garbled control
+/// answer never wipes or half-replaces the routes. Semantic checks need the
+/// compiled form (regexes, duplicate domains), so they live in [`compile`].
 pub fn parse(bytes: &[u8]) -> Result<Router, ConfigError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ConfigError::new("", "empty table document"));
-    }
-    let doc: TableDoc = switchyard_sdk::config::parse(bytes)?;
+    let doc: TableDoc = switchyard_sdk::config::parse_document(bytes)?;
     compile(&doc)
 }
 
@@ -487,4 +479,59 @@ fn compile_extras(r: &RuleDoc) -> Result<Option<Box<Extras>>, ConfigError> {
         remove: r.request_headers_to_remove.to_vec(),
         host_rewrite: r.host_rewrite.as_deref().map(String::from),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message `parse` gives for `doc`, which must be refused.
+    fn refused(doc: &[u8]) -> String {
+        match parse(doc) {
+            Ok(r) => panic!(
+                "{:?} installed as a table of {} domains",
+                String::from_utf8_lossy(doc),
+                r.domain_count()
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn only_one_json_object_is_a_table() {
+        const GOOD: &str =
+            r#"{"virtual_hosts": [{"domains": ["a"], "rules": [{"cluster": "c"}]}]}"#;
+        let not_object = "the document must be a JSON object, found ";
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (b"[]".to_vec(), format!("{not_object}an array")),
+            (b"[3, []]".to_vec(), format!("{not_object}an array")),
+            (b"null".to_vec(), format!("{not_object}null")),
+            (b"3".to_vec(), format!("{not_object}a number")),
+            (br#""{}""#.to_vec(), format!("{not_object}a string")),
+            (
+                b" \n".to_vec(),
+                "the document is empty; it must be a JSON object".into(),
+            ),
+            (
+                format!("{GOOD} x").into_bytes(),
+                "trailing data after the JSON object at line 1 column 70".into(),
+            ),
+            (
+                format!("{GOOD}{GOOD}").into_bytes(),
+                "trailing data after the JSON object at line 1 column 69".into(),
+            ),
+            (
+                format!("{GOOD}}}").into_bytes(),
+                "trailing data after the JSON object at line 1 column 69".into(),
+            ),
+            (
+                format!("{GOOD}\0").into_bytes(),
+                "a NUL byte after the JSON object at line 1 column 69".into(),
+            ),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(refused(&doc), want);
+        }
+        assert!(parse(format!("\n{GOOD}\n").as_bytes()).is_ok());
+    }
 }

@@ -292,7 +292,7 @@ impl Config {
         }
     }
 
-    /// How often every VM ticks (the leader's work is due on some ticks).
+    /// How often every VM ticks (each periodic job is due on some ticks).
     pub fn tick_ms(&self) -> u64 {
         let mut t = self.weighted_round_robin.weight_update_period_ms.min(1_000);
         if let Some(d) = &self.discovery {

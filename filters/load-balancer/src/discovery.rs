@@ -1,4 +1,4 @@
-//! The discovery payload: the endpoint list the tick leader polls.
+//! The discovery payload: the endpoint list the discovery job polls.
 //!
 //! ```json
 //! {"endpoints": [
@@ -8,9 +8,10 @@
 //! ]}
 //! ```
 //!
-//! Unknown fields are ignored (servers may send more); every known field is
-//! checked, and one bad endpoint rejects the whole payload so the last good
-//! set stays in force.
+//! The payload must be exactly one JSON object (no other root such as `[]`,
+//! nothing but whitespace after it). Unknown fields are ignored (servers may
+//! send more); every known field is checked, and one bad endpoint rejects
+//! the whole payload so the last good set stays in force.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -61,7 +62,8 @@ struct RawLoad {
 
 /// Parses and checks a payload for `mode` with at most `max` endpoints.
 pub fn parse(body: &[u8], mode: Mode, max: usize) -> Result<Vec<Discovered>, String> {
-    let payload: Payload = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+    let payload: Payload =
+        switchyard_sdk::config::parse_document(body).map_err(|e| format!("bad JSON: {e}"))?;
     if payload.endpoints.len() > max {
         return Err(format!(
             "{} endpoints > max_endpoints {max}",
@@ -222,6 +224,51 @@ mod tests {
             parse(many.as_bytes(), Mode::Endpoint, 2)
                 .unwrap_err()
                 .contains("max_endpoints")
+        );
+    }
+
+    #[test]
+    fn only_one_json_object_is_a_payload() {
+        const GOOD: &str = r#"{"endpoints": [{"address": "10.0.0.1:1"}]}"#;
+        let not_object = "bad JSON: the document must be a JSON object, found ";
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (b"[]".to_vec(), format!("{not_object}an array")),
+            (b"[3, []]".to_vec(), format!("{not_object}an array")),
+            // Read as a `Payload` sequence, this was one endpoint list.
+            (
+                br#"[[{"address": "10.0.0.1:1"}]]"#.to_vec(),
+                format!("{not_object}an array"),
+            ),
+            (b"null".to_vec(), format!("{not_object}null")),
+            (b"3".to_vec(), format!("{not_object}a number")),
+            (br#""{}""#.to_vec(), format!("{not_object}a string")),
+            (
+                b"".to_vec(),
+                "bad JSON: the document is empty; it must be a JSON object".into(),
+            ),
+            (
+                format!("{GOOD} x").into_bytes(),
+                "bad JSON: trailing data after the JSON object at line 1 column 44".into(),
+            ),
+            (
+                format!("{GOOD}{GOOD}").into_bytes(),
+                "bad JSON: trailing data after the JSON object at line 1 column 43".into(),
+            ),
+            (
+                format!("{GOOD}}}").into_bytes(),
+                "bad JSON: trailing data after the JSON object at line 1 column 43".into(),
+            ),
+            (
+                format!("{GOOD}\0").into_bytes(),
+                "bad JSON: a NUL byte after the JSON object at line 1 column 43".into(),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parse(&body, Mode::Endpoint, 64), Err(want));
+        }
+        assert_eq!(
+            parse(format!("\n{GOOD}\n").as_bytes(), Mode::Endpoint, 64).map(|d| d.len()),
+            Ok(1)
         );
     }
 

@@ -4,7 +4,12 @@
 //! - `endpoint-load-metrics: JSON {"cpuUtilization":0.7}` (proto3 JSON of
 //!   `xds.data.orca.v3.OrcaLoadReport`; original field names also accepted)
 //! - `endpoint-load-metrics: BIN <base64>` and `endpoint-load-metrics-bin:
-//!   <base64>` (the latter wins; padded or unpadded base64), decoded with prost.
+//!   <base64>` (padded or unpadded base64), decoded with prost.
+//!
+//! One header map (response headers or trailers) carries at most one report:
+//! a header with more than one value, or both headers whose reports differ
+//! (or either of which is invalid), is rejected as
+//! [`Reason::DuplicateHeader`]; no copy "wins" over another ([`parse_report`]).
 //!
 //! A report is rejected as a whole, with a [`Reason`], for what Envoy rejects
 //! (unknown keys, duplicates, NaN, infinities, bad base64 or protobuf) plus
@@ -123,10 +128,14 @@ pub enum Reason {
     Negative,
     BadBase64,
     BadProtobuf,
+    /// More than one report in one header map: a repeated header, or both
+    /// forms with reports that differ.
+    DuplicateHeader,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    /// Every reason, for defining one metric each.
+    pub const ALL: [Reason; 11] = [
         Reason::Oversized,
         Reason::UnknownFormat,
         Reason::Syntax,
@@ -137,6 +146,7 @@ impl Reason {
         Reason::Negative,
         Reason::BadBase64,
         Reason::BadProtobuf,
+        Reason::DuplicateHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -151,6 +161,7 @@ impl Reason {
             Reason::Negative => "negative",
             Reason::BadBase64 => "bad_base64",
             Reason::BadProtobuf => "bad_protobuf",
+            Reason::DuplicateHeader => "duplicate_header",
         }
     }
 }
@@ -195,17 +206,40 @@ fn check_value(key: &str, v: f64) -> Result<(), Rejected> {
     }
 }
 
-/// Envoy's precedence: `endpoint-load-metrics-bin` when present, else
-/// `endpoint-load-metrics`. `None` when neither header is there.
-pub fn parse_headers(
-    bin: Option<&[u8]>,
-    prefixed: Option<&[u8]>,
+/// The report in one header map, from every value of
+/// `endpoint-load-metrics-bin` (`bin`) and of `endpoint-load-metrics`
+/// (`prefixed`); `None` when neither header is there.
+///
+/// Duplicates are malformed, never "first wins" (a proxy or a backend bug
+/// could otherwise steer the weights with whichever copy comes first): more
+/// than one value of either header is rejected, and so are both headers
+/// unless both parse to the same report.
+pub fn parse_report(
+    bin: &[&[u8]],
+    prefixed: &[&[u8]],
     max_bytes: usize,
 ) -> Option<Result<LoadReport, Rejected>> {
     match (bin, prefixed) {
-        (Some(b), _) => Some(parse_bin_header(b, max_bytes)),
-        (None, Some(v)) => Some(parse_header(v, max_bytes)),
-        (None, None) => None,
+        ([], []) => None,
+        ([b], []) => Some(parse_bin_header(b, max_bytes)),
+        ([], [p]) => Some(parse_header(p, max_bytes)),
+        ([b], [p]) => Some(
+            match (parse_bin_header(b, max_bytes), parse_header(p, max_bytes)) {
+                (Ok(x), Ok(y)) if x == y => Ok(x),
+                _ => Err(Rejected::new(
+                    Reason::DuplicateHeader,
+                    format!("{BIN_HEADER} and {HEADER} disagree"),
+                )),
+            },
+        ),
+        _ => Some(Err(Rejected::new(
+            Reason::DuplicateHeader,
+            format!(
+                "{} values of {BIN_HEADER}, {} of {HEADER}",
+                bin.len(),
+                prefixed.len()
+            ),
+        ))),
     }
 }
 
@@ -769,11 +803,26 @@ mod tests {
     }
 
     #[test]
-    fn bin_header_wins() {
+    fn one_report_per_map() {
         let b64 = proto_b64(&proto_full(), true);
-        let got = parse_headers(Some(b64.as_bytes()), Some(b"TEXT bogus=1"), MAX);
-        assert_eq!(got, Some(Ok(full())));
-        assert!(parse_headers(None, None, MAX).is_none());
+        let text = b"TEXT cpu_utilization=0.7,mem_utilization=0.9,rps_fractional=1000,eps=2,\
+                     named_metrics.foo=123,utilization.total=0.5,application_utilization=0.8";
+        let (bin, other): (&[u8], &[u8]) = (b64.as_bytes(), b"TEXT cpu_utilization=0.1");
+        assert_eq!(parse_report(&[], &[], MAX), None);
+        assert_eq!(parse_report(&[bin], &[], MAX), Some(Ok(full())));
+        assert_eq!(parse_report(&[], &[text], MAX), Some(Ok(full())));
+        // Both forms saying the same: accepted.
+        assert_eq!(parse_report(&[bin], &[text], MAX), Some(Ok(full())));
+        let dup = |r: Option<Result<LoadReport, Rejected>>| r.map(reason);
+        let want = Some(Reason::DuplicateHeader);
+        // Both forms disagreeing, or one of them invalid: neither wins.
+        assert_eq!(dup(parse_report(&[bin], &[other], MAX)), want);
+        assert_eq!(dup(parse_report(&[bin], &[b"TEXT bogus=1"], MAX)), want);
+        assert_eq!(dup(parse_report(&[b"!!"], &[text], MAX)), want);
+        // A repeated header, even with equal values.
+        assert_eq!(dup(parse_report(&[], &[text, other], MAX)), want);
+        assert_eq!(dup(parse_report(&[], &[text, text], MAX)), want);
+        assert_eq!(dup(parse_report(&[bin, bin], &[], MAX)), want);
     }
 
     #[test]

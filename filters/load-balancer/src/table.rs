@@ -1,9 +1,9 @@
 //! The endpoint table every worker reads and the records behind it.
 //!
 //! One shared-data key holds the [`Table`]: endpoints with their configured
-//! attributes, the weights the tick leader last computed, and ejections.
-//! Workers read it through a CAS-token cache (one host call per request,
-//! decoding only after a change). Per endpoint there is one load-report key
+//! attributes, the weights the weight job last computed, and ejections.
+//! Workers read only its small version key per request and fetch and decode
+//! the table after a change (see `store`). Per endpoint there is one load-report key
 //! and one health key, addressed by the endpoint's `slot` (`0..max_endpoints`):
 //! the key space is bounded however often discovery changes the set.
 
@@ -34,7 +34,7 @@ pub struct Entry {
     pub priority: u8,
     pub draining: bool,
     pub zone: String,
-    /// The A58 state machine (only the tick leader changes it).
+    /// The A58 state machine (only the weight job changes it).
     pub ws: WeightState,
     /// Weight after median fill and clamping; 0 when the level has no
     /// report-based weights (configured weights apply then).

@@ -35,8 +35,8 @@ pub struct Periods {
     pub expiration_ns: u64,
 }
 
-/// One endpoint's weight history (kept in the published table so a new
-/// tick leader resumes where the last one stopped).
+/// One endpoint's weight history (kept in the published table so the weight
+/// job resumes where its last run stopped, on whichever VM).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct WeightState {
     /// The last report's weight (0 = none yet).

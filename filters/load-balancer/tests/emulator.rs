@@ -1,10 +1,10 @@
 //! The filter's real code through the proxy-wasm ABI, in the host emulator:
-//! several workers sharing one process's shared data, a tick leader, callouts.
+//! several workers sharing one process's shared data, periodic jobs, callouts.
 
 use std::time::Duration;
-use switchyard_emulator::{CallOutcome, Host, Stream, Worker};
+use switchyard_emulator::{CallOutcome, Crossing, Host, Stream, Worker};
 
-const INIT: extern "C" fn() = switchyard_load_balancer::_initialize;
+const INIT: extern "C" fn() = switchyard_load_balancer::init;
 const A: &str = "10.0.0.1:80";
 const B: &str = "10.0.0.2:80";
 const C: &str = "10.0.0.3:80";
@@ -99,7 +99,7 @@ fn reports_on_one_worker_set_the_weights_on_another() {
         assert_eq!(s.response_header("endpoint-load-metrics"), None, "stripped");
     }
     host.advance(Duration::from_millis(150));
-    w1.tick(); // takes the lease and publishes weights 125 : 500
+    w1.tick(); // runs the weight job: weights 125 : 500
     assert_eq!(metric(&host, "weight.a"), 125_000);
     assert_eq!(metric(&host, "weight.b"), 500_000);
     let mut b = 0;
@@ -291,4 +291,341 @@ fn bad_config_is_refused_and_names_the_field() {
     let w = host.start_worker();
     assert!(!w.configured());
     host.expect_log_contains("endpoints[0].address: must be ip:port");
+}
+
+/// A serialized ORCA report in base64, as gRPC servers send it.
+fn bin_report(application_utilization: f64) -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let r = switchyard_proto::orca::OrcaLoadReport {
+        application_utilization,
+        rps_fractional: 100.0,
+        ..Default::default()
+    };
+    base64::engine::general_purpose::STANDARD.encode(r.encode_to_vec())
+}
+
+/// A gRPC answer from `upstream`: headers without a status, then trailers.
+fn grpc_respond(s: &Stream, upstream: &str, trailers: &[(&str, &str)]) {
+    s.set_property(&["upstream", "address"], upstream);
+    s.response_headers(
+        &[(":status", "200"), ("content-type", "application/grpc")],
+        false,
+    );
+    s.response_body(b"\0\0\0\0\0", false);
+    s.response_trailers(trailers);
+    s.finish();
+}
+
+#[test]
+fn reports_in_trailers_are_learned_and_stripped() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}","name":"a"}},{{"address":"{B}","name":"b"}},{{"address":"{C}","name":"c"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let text = "TEXT application_utilization=0.8,rps_fractional=100".to_string();
+    let prefixed = format!("BIN {}", bin_report(0.2));
+    let bare = bin_report(0.4);
+    for (up, name, value) in [
+        (A, "endpoint-load-metrics", &text),
+        (B, "endpoint-load-metrics", &prefixed),
+        (C, "endpoint-load-metrics-bin", &bare),
+    ] {
+        let (s, _) = request(&w, &[]);
+        grpc_respond(&s, up, &[("grpc-status", "0"), (name, value.as_str())]);
+        let trailers = s.response_trailers_now();
+        assert!(
+            trailers
+                .iter()
+                .all(|(k, _)| !k.starts_with("endpoint-load-metrics")),
+            "stripped: {trailers:?}"
+        );
+        assert!(trailers.iter().any(|(k, _)| k == "grpc-status"), "kept");
+    }
+    assert_eq!(metric(&host, "reports_accepted"), 3);
+    assert_eq!(metric(&host, "reports_rejected"), 0);
+    host.advance(Duration::from_millis(150));
+    w.tick();
+    // qps / utilization: 100/0.8 : 100/0.2 : 100/0.4 = 125 : 500 : 250.
+    assert_eq!(metric(&host, "weight.a"), 125_000);
+    assert_eq!(metric(&host, "weight.b"), 500_000);
+    assert_eq!(metric(&host, "weight.c"), 250_000);
+}
+
+#[test]
+fn a_report_in_the_headers_wins_over_the_trailers_one() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}","name":"a"}},{{"address":"{B}","name":"b"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    for (up, util) in [(A, "0.8"), (B, "0.2")] {
+        let (s, _) = request(&w, &[]);
+        s.set_property(&["upstream", "address"], up);
+        let in_headers = format!("TEXT application_utilization={util},rps_fractional=100");
+        s.response_headers(
+            &[
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("endpoint-load-metrics", in_headers.as_str()),
+            ],
+            false,
+        );
+        s.response_trailers(&[
+            ("grpc-status", "0"),
+            (
+                "endpoint-load-metrics",
+                "TEXT application_utilization=0.01,rps_fractional=1",
+            ),
+        ]);
+        assert_eq!(s.response_header("endpoint-load-metrics"), None);
+        assert!(
+            s.response_trailers_now()
+                .iter()
+                .all(|(k, _)| k == "grpc-status")
+        );
+        s.finish();
+    }
+    assert_eq!(metric(&host, "reports_accepted"), 2, "one per response");
+    host.advance(Duration::from_millis(150));
+    w.tick();
+    assert_eq!(metric(&host, "weight.a"), 125_000);
+    assert_eq!(metric(&host, "weight.b"), 500_000);
+}
+
+#[test]
+fn duplicated_report_headers_are_rejected_not_first_wins() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}","name":"a"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let low = "TEXT application_utilization=0.1,rps_fractional=100";
+    let high = "TEXT application_utilization=0.9,rps_fractional=100";
+    let conflicting_bin = bin_report(0.5);
+    let cases: [&[(&str, &str)]; 3] = [
+        // Two lines of the same header.
+        &[
+            ("endpoint-load-metrics", low),
+            ("endpoint-load-metrics", high),
+        ],
+        // Both forms, saying different things.
+        &[
+            ("endpoint-load-metrics", low),
+            ("endpoint-load-metrics-bin", conflicting_bin.as_str()),
+        ],
+        // Even equal copies: one report per response.
+        &[
+            ("endpoint-load-metrics", low),
+            ("endpoint-load-metrics", low),
+        ],
+    ];
+    for reports in cases {
+        let (s, _) = request(&w, &[]);
+        s.set_property(&["upstream", "address"], A);
+        let mut headers = vec![(":status", "200")];
+        headers.extend_from_slice(reports);
+        s.response_headers(&headers, true);
+        let left = s.response_headers_now();
+        assert!(
+            left.iter()
+                .all(|(k, _)| !k.starts_with("endpoint-load-metrics")),
+            "stripped: {left:?}"
+        );
+        s.finish();
+    }
+    // In trailers too.
+    let (s, _) = request(&w, &[]);
+    grpc_respond(
+        &s,
+        A,
+        &[
+            ("grpc-status", "0"),
+            ("endpoint-load-metrics", high),
+            ("endpoint-load-metrics", low),
+        ],
+    );
+    assert_eq!(metric(&host, "reports_rejected.duplicate_header"), 4);
+    assert_eq!(metric(&host, "reports_rejected"), 4);
+    assert_eq!(metric(&host, "reports_accepted"), 0);
+    host.advance(Duration::from_millis(150));
+    w.tick();
+    // No report-based weight: the configured weight (1) still applies.
+    assert_eq!(metric(&host, "weight.a"), 1_000);
+}
+
+#[test]
+fn grpc_status_in_trailers_decides_the_health_outcome() {
+    // No retry hosts: B answering a pick of A blames nobody but B.
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"policy":"round_robin","retry_hosts":0,"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}},{{"address":"{C}"}}],
+                "passive_health":{{"consecutive_failures":3}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    // NOT_FOUND and friends are the application's answer, like a 404.
+    for _ in 0..3 {
+        let (s, _) = request(&w, &[]);
+        grpc_respond(&s, B, &[("grpc-status", "5")]);
+    }
+    assert_eq!(metric(&host, "ejections"), 0);
+    // Two UNAVAILABLE, a trailers-only UNAVAILABLE, and B is out.
+    for _ in 0..2 {
+        let (s, _) = request(&w, &[]);
+        grpc_respond(&s, B, &[("grpc-status", "14")]);
+    }
+    assert_eq!(metric(&host, "ejections"), 0);
+    let (s, _) = request(&w, &[]);
+    s.set_property(&["upstream", "address"], B);
+    s.response_headers(
+        &[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+        ],
+        true,
+    );
+    s.finish();
+    assert_eq!(metric(&host, "ejections"), 1);
+    for _ in 0..9 {
+        let (s, pick) = request(&w, &[]);
+        assert_ne!(first(&pick), B);
+        s.finish();
+    }
+}
+
+#[test]
+fn cookie_lines_hash_like_one_cookie_header() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"policy":"consistent_hash","hash":{{"cookie":"session","table_size":1009}},
+                "endpoints":[{{"address":"{A}"}},{{"address":"{B}"}},{{"address":"{C}"}}]}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..30 {
+        let session = format!("session=user{k}");
+        let joined = format!("a=1; {session}");
+        let one_line = first(&request(&w, &[("cookie", joined.as_str())]).1);
+        // HTTP/1.1: `Cookie: a=1` then `Cookie: session=user42`.
+        let two_lines = first(&request(&w, &[("cookie", "a=1"), ("cookie", session.as_str())]).1);
+        assert_eq!(one_line, two_lines, "{session}");
+        seen.insert(one_line);
+    }
+    assert_eq!(seen.len(), 3, "the key spreads: {seen:?}");
+}
+
+/// What a steady-state GET costs (table unchanged since the last request;
+/// the endpoint answers 200 with a load report, its last stored report is
+/// recent; default configuration, endpoint mode):
+/// - 5 callbacks: `proxy_on_context_create`, `proxy_on_request_headers`,
+///   `proxy_on_response_headers`, `proxy_on_log`, `proxy_on_delete`;
+/// - request, 6: `proxy_get_header_map_pairs` + its allocation (the map,
+///   read once), `proxy_get_shared_data` + its allocation (the 8-byte
+///   `table_version`), `proxy_increment_metric` (`picks.<endpoint>`),
+///   `proxy_replace_header_map_value` (the pick; it also drops client
+///   copies and clears the route cache);
+/// - response, 8: `proxy_get_header_map_pairs` + its allocation,
+///   `proxy_get_property` + its allocation (`upstream.address`: which
+///   listed host served), `proxy_increment_metric` (`reports_accepted`),
+///   `proxy_get_current_time_nanoseconds` (the report's time; the report
+///   itself is not rewritten this soon), `proxy_set_shared_data` (the
+///   cleared health record), `proxy_remove_header_map_value` (the report,
+///   stripped).
+const LB_GET_BUDGET: usize = 19;
+
+#[test]
+fn a_steady_state_get_stays_within_its_crossing_budget() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}},{{"address":"{C}"}}]}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let get = || {
+        let s = w.http_stream();
+        s.set_property(&["source", "address"], "192.0.2.1:40000");
+        s.request_headers(
+            &[
+                (":authority", "svc"),
+                (":path", "/item/1"),
+                (":method", "GET"),
+                ("user-agent", "bench"),
+                ("accept", "*/*"),
+            ],
+            true,
+        );
+        let up = first(&s.request_header("x-switchyard-lb-host"));
+        s.set_property(&["upstream", "address"], up.clone());
+        s.response_headers(
+            &[
+                (":status", "200"),
+                ("content-type", "text/plain"),
+                (
+                    "endpoint-load-metrics",
+                    "TEXT application_utilization=0.5,rps_fractional=100",
+                ),
+            ],
+            false,
+        );
+        s.response_body(b"ok", true);
+        s.finish();
+        (s, up)
+    };
+    // Warm-up: every endpoint answers once and gets its first report stored
+    // (the emulator's clock stands still, so none is rewritten afterwards).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut warm_up = 0;
+    while seen.len() < 3 && warm_up < 30 {
+        seen.insert(get().1);
+        warm_up += 1;
+    }
+    assert_eq!(seen.len(), 3);
+    let crossings = get().0.crossings();
+    println!("{crossings}");
+    let shared_reads = crossings
+        .0
+        .iter()
+        .filter(|c| **c == Crossing::HostCall("proxy_get_shared_data"))
+        .count();
+    assert_eq!(shared_reads, 1, "only the version key: {crossings}");
+    assert!(crossings.total() <= LB_GET_BUDGET, "{crossings}");
+    assert_eq!(metric(&host, "reports_accepted"), warm_up + 1);
+}
+
+#[test]
+fn p2c_counts_a_request_in_flight_until_its_stream_ends() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"policy":"p2c","p2c":{{"in_flight_cost":1.0}},
+                "endpoints":[{{"address":"{A}"}},{{"address":"{B}"}}]}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let other = |x: &str| if x == A { B } else { A };
+    for _ in 0..5 {
+        let (s1, p1) = request(&w, &[]);
+        let x = first(&p1);
+        // The answer alone does not end the request: x is still busy.
+        s1.set_property(&["upstream", "address"], x.clone());
+        s1.response_headers(&[(":status", "200")], false);
+        let (s2, p2) = request(&w, &[]);
+        assert_eq!(first(&p2), other(&x));
+        // s1 ends (once, though its response phase ran): only s2's endpoint is busy.
+        s1.response_body(b"", true);
+        s1.finish();
+        let (s3, p3) = request(&w, &[]);
+        assert_eq!(first(&p3), x);
+        s2.finish();
+        s3.finish();
+    }
 }

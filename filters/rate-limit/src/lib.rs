@@ -10,12 +10,10 @@ pub mod headers;
 pub mod request;
 
 mod filter;
-mod root;
+pub mod stage;
 mod store;
-mod stream;
 
-use switchyard_sdk::proxy_wasm;
-use switchyard_sdk::proxy_wasm::traits::RootContext;
+pub use stage::SPEC;
 
 #[cfg(test)]
 use switchyard_emulator as _;
@@ -23,6 +21,8 @@ use switchyard_emulator as _;
 /// The filter's name in logs and metric names.
 pub const NAME: &str = "rate-limit";
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(root::Root::default()) });
-}}
+/// Installs this stage alone as the VM's module (the emulator's entry point;
+/// the shipped module is `modules/rate-limit`).
+pub extern "C" fn init() {
+    switchyard_sdk::module::install_single(SPEC);
+}

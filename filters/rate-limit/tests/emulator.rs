@@ -7,7 +7,7 @@ use switchyard_proto::Message;
 use switchyard_proto::rls::{RateLimitRequest, RateLimitResponse, rate_limit_response};
 
 fn host(config: &str) -> Host {
-    Host::new(switchyard_rate_limit::_initialize)
+    Host::new(switchyard_rate_limit::init)
         .plugin_config(config.to_string())
         .build()
 }
@@ -337,7 +337,7 @@ fn service_failure_follows_the_failure_mode() {
 #[test]
 fn unknown_rls_cluster_fails_at_dispatch_per_failure_mode() {
     for (mode, expect) in [("open", Action::Continue), ("closed", Action::Pause)] {
-        let host = Host::new(switchyard_rate_limit::_initialize)
+        let host = Host::new(switchyard_rate_limit::init)
             .plugin_config(GLOBAL.replace("FAILURE", mode))
             .clusters(["other"])
             .build();

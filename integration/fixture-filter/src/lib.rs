@@ -13,14 +13,10 @@
 
 use serde::Deserialize;
 use std::cell::Cell;
-use std::rc::Rc;
 use switchyard_sdk::config::{self, ConfigError, Validate, ensure};
-use switchyard_sdk::http::{REQUEST, RESPONSE, send_local_response};
 use switchyard_sdk::metrics::{self, Counter};
-use switchyard_sdk::proxy_wasm;
-use switchyard_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use switchyard_sdk::proxy_wasm::types::{Action, ContextType};
 use switchyard_sdk::shared::{SharedValue, Update};
+use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
 
 /// Shared-data key of the process-wide request count.
 pub const COUNT_KEY: &str = "switchyard/fixture/requests";
@@ -42,92 +38,62 @@ impl Validate for FixtureConfig {
     }
 }
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FixtureRoot::default()) });
-}}
+/// How the module builds the fixture stage.
+pub const SPEC: StageSpec = StageSpec {
+    name: "fixture",
+    filter: "fixture",
+    build,
+};
 
-#[derive(Default)]
-struct FixtureRoot {
-    shared: Option<Rc<Shared>>,
+switchyard_sdk::module!(single: SPEC);
+
+fn build(raw: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+    let config: FixtureConfig = config::parse(raw)?;
+    log::info!("fixture configured: stamp={}", config.stamp);
+    let count = SharedValue::new(COUNT_KEY);
+    // Created before traffic, so every later update is CAS-conditional.
+    count
+        .ensure(&0)
+        .map_err(|e| ConfigError::new("", format!("shared data unusable: {e}")))?;
+    Ok(Box::new(Fixture {
+        stamp: config.stamp,
+        sequence: Cell::new(0),
+        count,
+        requests: Counter::new(&metrics::name("fixture", "requests")),
+    }))
 }
 
 /// What every stream of this VM uses.
-struct Shared {
+struct Fixture {
     stamp: String,
     sequence: Cell<u64>,
     count: SharedValue<u64>,
     requests: Counter,
 }
 
-impl Context for FixtureRoot {}
-
-impl RootContext for FixtureRoot {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        switchyard_sdk::logging::init();
-        true
-    }
-
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = config::load_plugin_config::<FixtureConfig>("fixture") else {
-            return false;
-        };
-        log::info!("fixture configured: stamp={}", config.stamp);
-        let count = SharedValue::new(COUNT_KEY);
-        // Created before traffic, so every later update is CAS-conditional.
-        if let Err(e) = count.ensure(&0) {
-            log::error!("fixture: shared data unusable: {e}");
-            return false;
+impl Stage for Fixture {
+    fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
+        if ex.request().get(":path") == Some(b"/__fixture/count") {
+            let count = self.count.get().ok().flatten().map_or(0, |c| *c);
+            return ex.reply(200, "fixture_count", &[], count.to_string());
         }
-        self.shared = Some(Rc::new(Shared {
-            stamp: config.stamp,
-            sequence: Cell::new(0),
-            count,
-            requests: Counter::new(&metrics::name("fixture", "requests")),
-        }));
-        true
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = Rc::clone(self.shared.as_ref()?);
-        shared.sequence.set(shared.sequence.get() + 1);
-        Some(Box::new(FixtureStream {
-            sequence: shared.sequence.get(),
-            shared,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct FixtureStream {
-    shared: Rc<Shared>,
-    sequence: u64,
-}
-
-impl Context for FixtureStream {}
-
-impl HttpContext for FixtureStream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        if REQUEST.get(":path").as_deref() == Some(b"/__fixture/count") {
-            let count = self.shared.count.get().ok().flatten().map_or(0, |c| *c);
-            send_local_response(200, "fixture_count", &[], count.to_string().as_bytes());
-            return Action::Pause;
-        }
-        self.shared.requests.inc();
-        if let Err(e) = self.shared.count.update(|n| {
+        self.sequence.set(self.sequence.get() + 1);
+        self.requests.inc();
+        if let Err(e) = self.count.update(|n| {
             let next = n.copied().unwrap_or(0) + 1;
             Update::Write(next, ())
         }) {
             log::warn!("fixture: request count not updated: {e}");
         }
-        REQUEST.set("x-switchyard-fixture-request", self.sequence.to_string());
-        Action::Continue
+        ex.set_request_header(
+            "x-switchyard-fixture-request",
+            self.sequence.get().to_string(),
+        );
+        Flow::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        RESPONSE.set("x-switchyard-fixture", &self.shared.stamp);
-        Action::Continue
+    fn on_response_headers(&self, ex: &mut Exchange) -> Flow {
+        ex.set_response_header("x-switchyard-fixture", &self.stamp);
+        Flow::Continue
     }
 }

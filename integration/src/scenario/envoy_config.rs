@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::spec::{FilterDef, FilterKind, Scenario};
+use super::spec::{FilterDef, FilterKind, ModuleLayout, Scenario};
 use crate::envoy::{EnvoyBuilder, Runtime};
 use crate::paths;
 
@@ -103,8 +103,13 @@ pub fn filter_config(s: &Scenario, f: &FilterDef, infra: &Infra) -> Value {
 
 /// The Envoy builder for the scenario (not started).
 pub fn builder(s: &Scenario, runtime: Runtime, infra: &Infra) -> Result<EnvoyBuilder> {
-    for f in &s.envoy.filters {
-        paths::wasm_module(f.kind().crate_name())?;
+    let chain = s.envoy.module == ModuleLayout::Chain && !s.envoy.filters.is_empty();
+    if chain {
+        paths::wasm_module(CHAIN_CRATE)?;
+    } else {
+        for f in &s.envoy.filters {
+            paths::wasm_module(f.kind().crate_name())?;
+        }
     }
     let configs: BTreeMap<FilterKind, Value> = s
         .envoy
@@ -122,20 +127,23 @@ pub fn builder(s: &Scenario, runtime: Runtime, infra: &Infra) -> Result<EnvoyBui
     };
     let mut b = EnvoyBuilder::new(runtime, template).concurrency(s.envoy.concurrency);
 
-    let filters: Vec<Value> = s
-        .envoy
-        .filters
-        .iter()
-        .map(|f| {
-            let k = f.kind();
-            json!({
-                "name": k.name(),
-                "vm_id": k.name(),
-                "module": format!("{}.wasm", k.crate_name().replace('-', "_")),
-                "config": configs.get(&k).map(Value::to_string).unwrap_or_default(),
+    let filters: Vec<Value> = if chain {
+        vec![chain_filter(s, &configs)]
+    } else {
+        s.envoy
+            .filters
+            .iter()
+            .map(|f| {
+                let k = f.kind();
+                json!({
+                    "name": k.name(),
+                    "vm_id": k.name(),
+                    "module": format!("{}.wasm", k.crate_name().replace('-', "_")),
+                    "config": configs.get(&k).map(Value::to_string).unwrap_or_default(),
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
     let mut clusters: Vec<(String, Vec<Value>)> = Vec::new();
     for be in infra.backends {
         match clusters.iter_mut().find(|(n, _)| *n == be.cluster) {
@@ -187,6 +195,29 @@ pub fn builder(s: &Scenario, runtime: Runtime, infra: &Infra) -> Result<EnvoyBui
         b = b.var(k, v);
     }
     Ok(b)
+}
+
+/// The chain module's crate (`build/wasm/switchyard.wasm`).
+pub const CHAIN_CRATE: &str = "switchyard";
+
+/// The one Wasm filter of a chain scenario: `switchyard.wasm` with
+/// `{"stages": [{"<filter>": config}, ...]}` in the scenario's order.
+fn chain_filter(s: &Scenario, configs: &BTreeMap<FilterKind, Value>) -> Value {
+    let stages: Vec<Value> = s
+        .envoy
+        .filters
+        .iter()
+        .map(|f| {
+            let k = f.kind();
+            json!({ k.name(): configs.get(&k).cloned().unwrap_or_else(|| json!({})) })
+        })
+        .collect();
+    json!({
+        "name": "switchyard",
+        "vm_id": "switchyard",
+        "module": "switchyard.wasm",
+        "config": json!({ "stages": stages }).to_string(),
+    })
 }
 
 /// A template path: relative to the scenario file, else to the workspace.

@@ -140,9 +140,26 @@ pub struct EnvoySpec {
     /// Filters in chain order (the HTTP router comes last by itself).
     #[serde(default)]
     pub filters: Vec<FilterDef>,
+    /// How the filters are loaded: `chain` (default: one Wasm filter running
+    /// `switchyard.wasm` with the filters as its stages, one set of
+    /// callbacks per request) or `separate` (one Wasm filter and module
+    /// per filter).
+    #[serde(default)]
+    pub module: ModuleLayout,
     /// Listener name to send traffic to.
     #[serde(default = "default_listener")]
     pub listener: String,
+}
+
+/// How a scenario's filters are loaded into Envoy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleLayout {
+    /// One Wasm filter with `switchyard.wasm`, the filters as its stages.
+    #[default]
+    Chain,
+    /// One Wasm filter per filter, each with its own module.
+    Separate,
 }
 
 fn default_concurrency() -> u32 {

@@ -1,74 +1,46 @@
 //! __NAME__: adds a configured header to every response.
+//!
+//! A Switchyard stage: `config` (JSON, validated), `logic` (pure, unit
+//! tested) and the [`Stage`] below; the SDK owns the proxy-wasm contexts.
 
 pub mod config;
 pub mod logic;
 
-use std::rc::Rc;
-use switchyard_sdk::http::RESPONSE;
+use switchyard_sdk::config::ConfigError;
 use switchyard_sdk::metrics::{self, Counter};
-use switchyard_sdk::proxy_wasm;
-use switchyard_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use switchyard_sdk::proxy_wasm::types::{Action, ContextType};
+use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
 
 #[cfg(test)]
 use switchyard_emulator as _;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+/// How a module builds this stage.
+pub const SPEC: StageSpec = StageSpec {
+    name: "__NAME_SNAKE__",
+    filter: "__NAME__",
+    build,
+};
 
-/// Per-VM state shared with every stream.
-struct Shared {
+// This crate is its own module (build/wasm/switchyard___NAME_SNAKE__.wasm).
+switchyard_sdk::module!(single: SPEC);
+
+fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+    Ok(Box::new(Filter {
+        config: switchyard_sdk::config::parse(config)?,
+        responses: Counter::new(&metrics::name("__NAME__", "responses")),
+    }))
+}
+
+/// Per-VM state: the configuration and the metrics.
+struct Filter {
     config: config::Config,
     responses: Counter,
 }
 
-#[derive(Default)]
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _: usize) -> bool {
-        switchyard_sdk::logging::init();
-        true
-    }
-
-    fn on_configure(&mut self, _: usize) -> bool {
-        let Some(config) = switchyard_sdk::config::load_plugin_config("__NAME__") else {
-            return false;
-        };
-        self.shared = Some(Rc::new(Shared {
-            config,
-            responses: Counter::new(&metrics::name("__NAME__", "responses")),
-        }));
-        true
-    }
-
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            shared: Rc::clone(self.shared.as_ref()?),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-struct Stream {
-    shared: Rc<Shared>,
-}
-
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let (name, value) = logic::response_header(&self.shared.config);
-        RESPONSE.set(name, value);
-        self.shared.responses.inc();
-        Action::Continue
+impl Stage for Filter {
+    fn on_response_headers(&self, ex: &mut Exchange) -> Flow {
+        let (name, value) = logic::response_header(&self.config);
+        ex.set_response_header(name, value);
+        self.responses.inc();
+        Flow::Continue
     }
 }

@@ -11,16 +11,21 @@
 //!   (`proxy_on_memory_allocate`), because proxy-wasm frees it as a `Vec`.
 //! - Enum arguments arrive as `u32`: an out-of-range value must not be UB.
 
+use crate::types::{LogLevel, Status};
 use crate::vm::{self, Frame, LocalResponse, VmHandle};
 use crate::wire::{self, HeaderMap};
 use crate::worker::{flush_request_body, flush_response_body, proxy_on_memory_allocate};
 use crate::{GrpcCall, GrpcStream, HttpCall};
-use proxy_wasm::types::{LogLevel, Status};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{self, null_mut};
 use std::time::Duration;
 
 type HostResult = Result<(), Status>;
+
+thread_local! {
+    /// `proxy_on_memory_allocate` calls made by the running host function.
+    static ALLOCATIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 /// Runs a host function body on the calling worker's VM. Off a worker
 /// thread there is no VM: `off_worker` decides the answer.
@@ -30,7 +35,19 @@ fn host_call(
     body: impl FnOnce(&VmHandle) -> HostResult,
 ) -> u32 {
     let _frame = vm::enter(Frame::Host);
-    let outcome = catch_unwind(AssertUnwindSafe(|| vm::current().map(|vm| body(&vm))));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        vm::current().map(|vm| {
+            ALLOCATIONS.with(|a| a.set(0));
+            let result = body(&vm);
+            let mut state = vm.state();
+            let effective = state.effective;
+            state.count(effective, vm::Crossing::HostCall(call));
+            for _ in 0..ALLOCATIONS.with(|a| a.replace(0)) {
+                state.count(effective, vm::Crossing::Allocation);
+            }
+            result
+        })
+    }));
     let status = match outcome {
         Ok(Some(Ok(()))) => Status::Ok,
         Ok(Some(Err(status))) => status,
@@ -102,6 +119,8 @@ unsafe fn put_bytes(data: &[u8], return_data: *mut *mut u8, return_size: *mut us
         }
         return Ok(());
     }
+    // Counted by `host_call` once the body has released the VM state.
+    ALLOCATIONS.with(|a| a.set(a.get() + 1));
     // SAFETY: the module's allocator; returns `data.len()` writable bytes.
     let buffer = vm::vm_call(|| unsafe { proxy_on_memory_allocate(data.len()) });
     if buffer.is_null() {

@@ -1,10 +1,10 @@
 //! What Envoy keeps once per process and shares between workers: shared data,
 //! shared queues, metrics, the clock, logs and outbound calls.
 
+use crate::types::{LogLevel, MetricType, Status};
 use crate::vm::{Mailbox, Task};
 use crate::wire;
 use crate::worker::WorkerInner;
-use proxy_wasm::types::{LogLevel, MetricType, Status};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

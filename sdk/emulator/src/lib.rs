@@ -32,11 +32,12 @@
 
 mod abi;
 mod host;
+mod types;
 mod vm;
 mod wire;
 mod worker;
 
 pub use host::{GrpcCall, GrpcStream, Host, HostBuilder, HostFailure, HttpCall, LogRecord};
-pub use proxy_wasm::types::{Action, LogLevel, MetricType, Status};
-pub use vm::LocalResponse;
-pub use worker::{CallOutcome, GrpcOutcome, GrpcStreamEvent, Stream, Worker};
+pub use types::{Action, LogLevel, MetricType, Status};
+pub use vm::{Crossing, LocalResponse};
+pub use worker::{CallOutcome, Crossings, GrpcOutcome, GrpcStreamEvent, Stream, Worker};

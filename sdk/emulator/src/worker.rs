@@ -5,11 +5,12 @@
 //! blocks until it is done, so a test reads like straight-line Envoy events.
 
 use crate::host::{GrpcCall, Host, HttpCall, WorkerSlot, lock};
+use crate::types::Action;
 use crate::vm::{
-    self, CallResponse, LocalResponse, Mailbox, StreamState, Task, VmHandle, VmState, vm_call,
+    self, CallResponse, Crossing, LocalResponse, Mailbox, StreamState, Task, VmHandle, VmState,
+    callback, vm_call,
 };
 use crate::wire::{self, HeaderMap};
-use proxy_wasm::types::Action;
 use std::any::Any;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -333,13 +334,18 @@ fn start_vm(vm: &VmHandle) -> (bool, bool) {
     let init = vm.host.inner.init;
     let config = &vm.host.inner.config;
     vm_call(|| init());
+    vm::install_panic_hook();
     set_effective(vm, ROOT_CONTEXT_ID);
     // SAFETY: the dispatcher's exports take plain integers.
-    vm_call(|| unsafe { proxy_on_context_create(ROOT_CONTEXT_ID, 0) });
+    callback(vm, ROOT_CONTEXT_ID, "proxy_on_context_create", || unsafe {
+        proxy_on_context_create(ROOT_CONTEXT_ID, 0)
+    });
     let vm_config_size = config.vm_config.len();
     set_effective(vm, ROOT_CONTEXT_ID);
     // SAFETY: as above.
-    let started = vm_call(|| unsafe { proxy_on_vm_start(ROOT_CONTEXT_ID, vm_config_size) });
+    let started = callback(vm, ROOT_CONTEXT_ID, "proxy_on_vm_start", || unsafe {
+        proxy_on_vm_start(ROOT_CONTEXT_ID, vm_config_size)
+    });
     if !started {
         return (false, false);
     }
@@ -350,7 +356,9 @@ fn start_vm(vm: &VmHandle) -> (bool, bool) {
         state.effective = ROOT_CONTEXT_ID;
     }
     // SAFETY: as above.
-    let configured = vm_call(|| unsafe { proxy_on_configure(ROOT_CONTEXT_ID, plugin_config_size) });
+    let configured = callback(vm, ROOT_CONTEXT_ID, "proxy_on_configure", || unsafe {
+        proxy_on_configure(ROOT_CONTEXT_ID, plugin_config_size)
+    });
     vm.state().configuring = false;
     (true, configured)
 }
@@ -384,7 +392,9 @@ fn run_follow_ups(vm: &VmHandle) {
                 if known {
                     set_effective(vm, context_id);
                     // SAFETY: plain integers.
-                    vm_call(|| unsafe { proxy_on_queue_ready(context_id, queue_id) });
+                    callback(vm, context_id, "proxy_on_queue_ready", || unsafe {
+                        proxy_on_queue_ready(context_id, queue_id)
+                    });
                 }
             }
             None => return,
@@ -393,7 +403,7 @@ fn run_follow_ups(vm: &VmHandle) {
     vm.host.record_failure(
         Some(vm.worker),
         "emulator",
-        proxy_wasm::types::Status::InternalFailure,
+        crate::types::Status::InternalFailure,
         format!("stopped after {MAX_FOLLOW_UPS} follow-up calls (queue or local-reply loop?)"),
     );
 }
@@ -429,7 +439,7 @@ fn request_headers(vm: &VmHandle, id: u32, headers: HeaderMap, end_of_stream: bo
         s.live.request_headers = true;
     });
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe {
+    let result = action(callback(vm, id, "proxy_on_request_headers", || unsafe {
         proxy_on_request_headers(id, count, end_of_stream)
     }));
     if result == Action::Continue {
@@ -449,7 +459,7 @@ fn request_body(vm: &VmHandle, id: u32, chunk: &[u8], end_of_stream: bool) -> Ac
     })
     .unwrap_or(0);
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe {
+    let result = action(callback(vm, id, "proxy_on_request_body", || unsafe {
         proxy_on_request_body(id, size, end_of_stream)
     }));
     with_stream(vm, id, |s| {
@@ -471,7 +481,9 @@ fn request_trailers(vm: &VmHandle, id: u32, trailers: HeaderMap) -> Action {
         s.live.request_trailers = true;
     });
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe { proxy_on_request_trailers(id, count) }));
+    let result = action(callback(vm, id, "proxy_on_request_trailers", || unsafe {
+        proxy_on_request_trailers(id, count)
+    }));
     if result == Action::Continue {
         with_stream(vm, id, |s| {
             s.live.request_trailers = false;
@@ -504,7 +516,7 @@ fn response_headers(vm: &VmHandle, id: u32, headers: HeaderMap, end_of_stream: b
         s.live.response_headers = true;
     });
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe {
+    let result = action(callback(vm, id, "proxy_on_response_headers", || unsafe {
         proxy_on_response_headers(id, count, end_of_stream)
     }));
     if result == Action::Continue {
@@ -524,7 +536,7 @@ fn response_body(vm: &VmHandle, id: u32, chunk: &[u8], end_of_stream: bool) -> A
     })
     .unwrap_or(0);
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe {
+    let result = action(callback(vm, id, "proxy_on_response_body", || unsafe {
         proxy_on_response_body(id, size, end_of_stream)
     }));
     with_stream(vm, id, |s| {
@@ -546,7 +558,9 @@ fn response_trailers(vm: &VmHandle, id: u32, trailers: HeaderMap) -> Action {
         s.live.response_trailers = true;
     });
     // SAFETY: plain integers.
-    let result = action(vm_call(|| unsafe { proxy_on_response_trailers(id, count) }));
+    let result = action(callback(vm, id, "proxy_on_response_trailers", || unsafe {
+        proxy_on_response_trailers(id, count)
+    }));
     if result == Action::Continue {
         with_stream(vm, id, |s| {
             s.live.response_trailers = false;
@@ -561,14 +575,14 @@ fn response_trailers(vm: &VmHandle, id: u32, trailers: HeaderMap) -> Action {
 fn finish(vm: &VmHandle, id: u32) {
     with_stream(vm, id, |s| s.access_log_phase = true);
     // SAFETY: plain integers.
-    vm_call(|| unsafe { proxy_on_log(id) });
+    callback(vm, id, "proxy_on_log", || unsafe { proxy_on_log(id) });
     with_stream(vm, id, |s| s.access_log_phase = false);
     // Envoy ignores on_done's answer for HTTP streams.
     // SAFETY: plain integers.
-    vm_call(|| unsafe { proxy_on_done(id) });
+    callback(vm, id, "proxy_on_done", || unsafe { proxy_on_done(id) });
     set_effective(vm, id);
     // SAFETY: plain integers.
-    vm_call(|| unsafe { proxy_on_delete(id) });
+    callback(vm, id, "proxy_on_delete", || unsafe { proxy_on_delete(id) });
     {
         let mut state = vm.state();
         if let Some(s) = state.streams.get_mut(&id) {
@@ -658,7 +672,9 @@ impl Worker {
         self.inner.call(|vm| {
             set_effective(vm, ROOT_CONTEXT_ID);
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_tick(ROOT_CONTEXT_ID) });
+            callback(vm, ROOT_CONTEXT_ID, "proxy_on_tick", || unsafe {
+                proxy_on_tick(ROOT_CONTEXT_ID)
+            });
         });
     }
 
@@ -702,7 +718,9 @@ impl Worker {
             let id = vm.state().new_stream();
             set_effective(vm, id);
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_context_create(id, ROOT_CONTEXT_ID) });
+            callback(vm, id, "proxy_on_context_create", || unsafe {
+                proxy_on_context_create(id, ROOT_CONTEXT_ID)
+            });
             id
         });
         Stream {
@@ -843,12 +861,19 @@ fn deliver_http_response(vm: &VmHandle, call: HttpCall, outcome: CallOutcome) {
         let mut state = vm.state();
         state.http_response = response;
         state.status = status;
-        state.effective = call.context_id;
+        // Envoy delivers callout answers on the root context: a module
+        // must make the sender effective itself (proxy_set_effective_context).
+        state.effective = ROOT_CONTEXT_ID;
     }
     // SAFETY: plain integers.
-    vm_call(|| unsafe {
-        proxy_on_http_call_response(call.context_id, call.token, sizes.0, sizes.1, sizes.2)
-    });
+    callback(
+        vm,
+        call.context_id,
+        "proxy_on_http_call_response",
+        || unsafe {
+            proxy_on_http_call_response(ROOT_CONTEXT_ID, call.token, sizes.0, sizes.1, sizes.2)
+        },
+    );
     let mut state = vm.state();
     state.http_response = None;
     state.status = (0, Vec::new());
@@ -861,20 +886,28 @@ fn deliver_grpc_response(vm: &VmHandle, call: &GrpcCall, outcome: GrpcOutcome) {
             {
                 let mut state = vm.state();
                 state.grpc_receive = Some(message);
-                state.effective = call.context_id;
+                // Envoy delivers callout answers on the root context: a module
+        // must make the sender effective itself (proxy_set_effective_context).
+        state.effective = ROOT_CONTEXT_ID;
             }
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_grpc_receive(call.context_id, call.token, size) });
+            callback(vm, call.context_id, "proxy_on_grpc_receive", || unsafe {
+                proxy_on_grpc_receive(ROOT_CONTEXT_ID, call.token, size)
+            });
             vm.state().grpc_receive = None;
         }
         GrpcOutcome::Status { code, message } => {
             {
                 let mut state = vm.state();
                 state.status = (code, message.into_bytes());
-                state.effective = call.context_id;
+                // Envoy delivers callout answers on the root context: a module
+        // must make the sender effective itself (proxy_set_effective_context).
+        state.effective = ROOT_CONTEXT_ID;
             }
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_grpc_close(call.context_id, call.token, code) });
+            callback(vm, call.context_id, "proxy_on_grpc_close", || unsafe {
+                proxy_on_grpc_close(ROOT_CONTEXT_ID, call.token, code)
+            });
             vm.state().status = (0, Vec::new());
         }
     }
@@ -887,29 +920,41 @@ fn deliver_grpc_stream_event(vm: &VmHandle, context_id: u32, token: u32, event: 
             let count = u32::try_from(map.len()).unwrap_or(u32::MAX);
             vm.state().grpc_initial_metadata = Some(lower_owned(map));
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_grpc_receive_initial_metadata(context_id, token, count) });
+            callback(
+                vm,
+                context_id,
+                "proxy_on_grpc_receive_initial_metadata",
+                || unsafe { proxy_on_grpc_receive_initial_metadata(context_id, token, count) },
+            );
             vm.state().grpc_initial_metadata = None;
         }
         GrpcStreamEvent::Message(message) => {
             let size = message.len();
             vm.state().grpc_receive = Some(message);
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_grpc_receive(context_id, token, size) });
+            callback(vm, context_id, "proxy_on_grpc_receive", || unsafe {
+                proxy_on_grpc_receive(context_id, token, size)
+            });
             vm.state().grpc_receive = None;
         }
         GrpcStreamEvent::TrailingMetadata(map) => {
             let count = u32::try_from(map.len()).unwrap_or(u32::MAX);
             vm.state().grpc_trailing_metadata = Some(lower_owned(map));
             // SAFETY: plain integers.
-            vm_call(|| unsafe {
-                proxy_on_grpc_receive_trailing_metadata(context_id, token, count)
-            });
+            callback(
+                vm,
+                context_id,
+                "proxy_on_grpc_receive_trailing_metadata",
+                || unsafe { proxy_on_grpc_receive_trailing_metadata(context_id, token, count) },
+            );
             vm.state().grpc_trailing_metadata = None;
         }
         GrpcStreamEvent::Close { code, message } => {
             vm.state().status = (code, message.into_bytes());
             // SAFETY: plain integers.
-            vm_call(|| unsafe { proxy_on_grpc_close(context_id, token, code) });
+            callback(vm, context_id, "proxy_on_grpc_close", || unsafe {
+                proxy_on_grpc_close(context_id, token, code)
+            });
             vm.state().status = (0, Vec::new());
         }
     }
@@ -1110,6 +1155,12 @@ impl Stream {
         }
     }
 
+    /// Every crossing between host and VM made for this stream so far, in
+    /// order: callbacks, host calls and host→VM allocations.
+    pub fn crossings(&self) -> Crossings {
+        Crossings(self.read(|s| s.crossings.clone()))
+    }
+
     /// How often the filter called the `clear_route_cache` foreign function.
     pub fn route_cache_clears(&self) -> u32 {
         self.read(|s| s.route_cache_clears)
@@ -1144,3 +1195,64 @@ const _: () = {
     send_sync::<Stream>();
     send_sync::<Host>();
 };
+
+/// The crossings of one stream (see [`Stream::crossings`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crossings(pub Vec<Crossing>);
+
+impl Crossings {
+    /// All crossings.
+    pub fn total(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Callbacks into the VM.
+    pub fn callbacks(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|c| matches!(c, Crossing::Callback(_)))
+            .count()
+    }
+
+    /// Host calls made by the module.
+    pub fn host_calls(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|c| matches!(c, Crossing::HostCall(_)))
+            .count()
+    }
+
+    /// Host→VM allocations (values handed back).
+    pub fn allocations(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|c| matches!(c, Crossing::Allocation))
+            .count()
+    }
+
+    /// Crossings after the first `n` (e.g. those of one phase).
+    pub fn since(&self, n: usize) -> Crossings {
+        Crossings(self.0.get(n..).unwrap_or_default().to_vec())
+    }
+}
+
+impl fmt::Display for Crossings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} crossings ({} callbacks, {} host calls, {} allocations):",
+            self.total(),
+            self.callbacks(),
+            self.host_calls(),
+            self.allocations()
+        )?;
+        for c in &self.0 {
+            match c {
+                Crossing::Callback(n) => write!(f, " cb:{n}")?,
+                Crossing::HostCall(n) => write!(f, " {n}")?,
+                Crossing::Allocation => write!(f, " +alloc")?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -270,7 +270,7 @@ fn stream_callout_pauses_then_resumes() {
     let stream = worker.http_stream();
     assert_eq!(
         stream.request_headers(&request("/check"), true),
-        Action::Pause
+        switchyard_emulator::Action::Pause
     );
     let call = host.expect_http_call("auth");
     assert_eq!(call.context_id, stream.id());
@@ -320,7 +320,7 @@ fn invalid_callouts_are_rejected_like_envoy() {
     let stream = host.start_worker().http_stream();
     assert_eq!(
         stream.request_headers(&request("/bad"), true),
-        Action::Continue
+        switchyard_emulator::Action::Continue
     );
     assert_eq!(
         stream.request_header("x-missing-authority").as_deref(),
@@ -385,7 +385,7 @@ fn grpc_unary_success_and_failure() {
     let granted = worker.http_stream();
     assert_eq!(
         granted.request_headers(&request("/grpc"), true),
-        Action::Pause
+        switchyard_emulator::Action::Pause
     );
     let calls = host.grpc_calls();
     assert_eq!(calls.len(), 1);
@@ -429,7 +429,7 @@ fn grpc_stream_events_reach_the_stream() {
     let stream = worker.http_stream();
     assert_eq!(
         stream.request_headers(&request("/watch"), true),
-        Action::Continue
+        switchyard_emulator::Action::Continue
     );
     let open = host.grpc_streams();
     assert_eq!(open.len(), 1);

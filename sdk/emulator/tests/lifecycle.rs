@@ -164,7 +164,7 @@ fn configuration_reaches_on_configure() {
     assert!(worker.vm_started());
     assert!(worker.configured());
     let record = host.expect_log_contains("greeter configured tag=blue deny=/admin");
-    assert_eq!(record.level, LogLevel::Info);
+    assert_eq!(record.level, switchyard_emulator::LogLevel::Info);
     assert_eq!(record.worker, Some(0));
 
     let unconfigured = Host::new(_initialize).build();
@@ -177,7 +177,10 @@ fn configuration_reaches_on_configure() {
 fn request_headers_are_mutated() {
     let host = host();
     let stream = host.start_worker().http_stream();
-    assert_eq!(stream.request_headers(&GET, true), Action::Continue);
+    assert_eq!(
+        stream.request_headers(&GET, true),
+        switchyard_emulator::Action::Continue
+    );
     assert_eq!(stream.request_header("x-tag").as_deref(), Some("blue"));
     assert_eq!(stream.request_header("X-Tag").as_deref(), Some("blue"));
     assert_eq!(stream.route_cache_clears(), 1);
@@ -191,7 +194,7 @@ fn request_headers_are_mutated() {
 
     assert_eq!(
         stream.response_headers(&[(":status", "200")], true),
-        Action::Continue
+        switchyard_emulator::Action::Continue
     );
     assert_eq!(
         stream.response_header("x-served-by").as_deref(),
@@ -214,7 +217,10 @@ fn local_reply_is_recorded_and_encoded_through_the_filter() {
         (":path", "/admin"),
         (":authority", "svc"),
     ];
-    assert_eq!(stream.request_headers(&denied, true), Action::Pause);
+    assert_eq!(
+        stream.request_headers(&denied, true),
+        switchyard_emulator::Action::Pause
+    );
     let reply = stream.expect_local_response(403);
     assert_eq!(reply.body_text(), "denied");
     assert_eq!(reply.header("x-denied-by").as_deref(), Some("greeter"));
@@ -353,10 +359,19 @@ fn buffered_body_is_rewritten() {
         (":path", "/upper"),
         (":authority", "svc"),
     ];
-    assert_eq!(stream.request_headers(&upper, false), Action::Continue);
-    assert_eq!(stream.request_body(b"hello ", false), Action::Pause);
+    assert_eq!(
+        stream.request_headers(&upper, false),
+        switchyard_emulator::Action::Continue
+    );
+    assert_eq!(
+        stream.request_body(b"hello ", false),
+        switchyard_emulator::Action::Pause
+    );
     assert_eq!(stream.request_body_sent(), b"");
-    assert_eq!(stream.request_body(b"world", true), Action::Continue);
+    assert_eq!(
+        stream.request_body(b"world", true),
+        switchyard_emulator::Action::Continue
+    );
     assert_eq!(stream.request_body_sent(), b"HELLO WORLD");
 }
 
@@ -401,12 +416,15 @@ fn filter_panic_kills_only_that_vm() {
     assert!(doomed.crash_message().is_some());
     // proxy-wasm's panic hook logs at Critical; so does the emulator.
     let critical = host.expect_log_contains("boom: deliberate filter panic");
-    assert_eq!(critical.level, LogLevel::Critical);
+    assert_eq!(critical.level, switchyard_emulator::LogLevel::Critical);
     // The VM is gone, as in Envoy after a trap...
     assert!(catch_unwind(AssertUnwindSafe(|| doomed.tick())).is_err());
     // ...but the other worker's VM is fine.
     let stream = healthy.http_stream();
-    assert_eq!(stream.request_headers(&GET, true), Action::Continue);
+    assert_eq!(
+        stream.request_headers(&GET, true),
+        switchyard_emulator::Action::Continue
+    );
     assert!(healthy.crash_message().is_none());
 }
 
@@ -419,7 +437,10 @@ fn reading_request_headers_in_the_response_phase_panics_like_envoy() {
         (":path", "/late-read"),
         (":authority", "svc"),
     ];
-    assert_eq!(stream.request_headers(&late, true), Action::Continue);
+    assert_eq!(
+        stream.request_headers(&late, true),
+        switchyard_emulator::Action::Continue
+    );
     let failure = catch_unwind(AssertUnwindSafe(|| {
         stream.response_headers(&[(":status", "200")], true)
     }))
@@ -432,7 +453,7 @@ fn reading_request_headers_in_the_response_phase_panics_like_envoy() {
     let failures = host.failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].call, "proxy_get_header_map_value");
-    assert_eq!(failures[0].status, Status::BadArgument);
+    assert_eq!(failures[0].status, switchyard_emulator::Status::BadArgument);
     assert!(failures[0].detail.contains("request headers not available"));
 }
 

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use switchyard_access_log::config::{Config, Naming};
 use switchyard_access_log::encode;
-use switchyard_access_log::record::{self, Facts};
+use switchyard_access_log::record::{self, Decisions, Facts, HeaderMap};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else {
@@ -27,8 +27,8 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let text = |b: Vec<u8>| Some(String::from_utf8_lossy(&b).into_owned());
-    let facts = Facts {
-        request_headers: vec![
+    let mut facts = Facts {
+        request_headers: HeaderMap::from_pairs(vec![
             (":method".into(), next()),
             (":path".into(), next()),
             (":authority".into(), next()),
@@ -39,13 +39,12 @@ fuzz_target!(|data: &[u8]| {
             ("x-a".into(), next()),
             ("x-a".into(), next()),
             ("authorization".into(), next()),
-            ("x-switchyard-ratelimit".into(), next()),
-        ],
-        response_headers: vec![
+        ]),
+        response_headers: HeaderMap::from_pairs(vec![
             ("x-b".into(), next()),
             ("set-cookie".into(), next()),
             ("x-envoy-upstream-service-time".into(), next()),
-        ],
+        ]),
         start_time_ns: Some(u64::from(control).wrapping_mul(0x0123_4567_89ab_cdef)),
         protocol: text(next()),
         response_code_details: text(next()),
@@ -54,10 +53,16 @@ fuzz_target!(|data: &[u8]| {
         downstream_remote_address: text(next()),
         response_code: Some(u16::from(control) * 3),
         response_flags: Some(u64::from(control) << 3),
+        decisions: Decisions {
+            route: text(next()),
+            endpoint: text(next()),
+            rate_limit: text(next()),
+            ..Decisions::default()
+        },
         ..Facts::default()
     };
-    let _ = record::decide(&config.sampling, &facts);
-    let line = encode::line(&record::build(&config, &facts));
+    let _ = record::decide(&config.sampling, &mut facts);
+    let line = record::line(&config, &mut facts);
     assert!(
         !line.contains(['\n', '\r', '\0', '\u{2028}', '\u{2029}']),
         "{line:?}"
@@ -66,4 +71,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(parsed.is_object());
     let otlp = encode::otlp_logs(&[line.as_str()], 1, "fuzz");
     serde_json::from_slice::<Value>(&otlp).expect("OTLP body is JSON");
+    let otlp = String::from_utf8(otlp).expect("OTLP body is UTF-8");
+    assert!(!otlp.contains(['\u{2028}', '\u{2029}']), "{otlp:?}");
 });

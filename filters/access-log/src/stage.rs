@@ -1,0 +1,134 @@
+//! The access-log stage: the record is built in `on_log`, written to
+//! Envoy's log and/or put on the shared queue of the HTTP sink; the sender
+//! (lease, queue, batches) runs on the root's ticks and queue notifications.
+
+use crate::config::Config;
+use crate::record::{self, Attr, Source};
+use crate::sender::{QueueRef, Sender};
+use crate::stats::Metrics;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::headers::HeaderMap;
+use switchyard_sdk::host::{self, LogLevel};
+use switchyard_sdk::stage::{Decisions, Exchange, RootServices, Setup, Stage, StageSpec};
+
+/// How modules build this stage (`access_log` in a chain).
+pub const SPEC: StageSpec = StageSpec {
+    name: "access_log",
+    filter: crate::FILTER,
+    build,
+};
+
+fn build(config: &[u8], setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+    let config: Config = switchyard_sdk::config::parse(config)?;
+    let metrics = Rc::new(Metrics::new());
+    let (queue, sender) = match &config.http {
+        Some(sink) => {
+            let queue = Rc::new(QueueRef::new(setup.vm_id.clone(), sink.queue.clone()));
+            // Creates the queue if no VM has yet, so on_log can enqueue at once.
+            let _ = queue.id();
+            let sender = Sender::new(
+                sink.clone(),
+                Rc::clone(&queue),
+                Rc::clone(&metrics),
+                setup.instance_id,
+            );
+            (Some(queue), Some(sender))
+        }
+        None => (None, None),
+    };
+    Ok(Box::new(AccessLog {
+        config,
+        metrics,
+        queue,
+        sender,
+    }))
+}
+
+/// Per-VM state: the configuration, metrics, and the HTTP sink's queue and
+/// sender (when configured).
+pub struct AccessLog {
+    config: Config,
+    metrics: Rc<Metrics>,
+    queue: Option<Rc<QueueRef>>,
+    sender: Option<Rc<Sender>>,
+}
+
+/// The request through the module's exchange: header maps read once per
+/// request (free when an earlier stage read them), properties read on first
+/// use and memoised, decisions as the earlier stages left them.
+struct ExchangeSource<'e>(&'e mut Exchange);
+
+impl Source for ExchangeSource<'_> {
+    fn request(&mut self) -> &HeaderMap {
+        self.0.request()
+    }
+
+    fn response(&mut self) -> &HeaderMap {
+        self.0.response()
+    }
+
+    fn text(&mut self, attr: Attr) -> Option<&[u8]> {
+        self.0.property(attr.path())
+    }
+
+    fn number(&mut self, attr: Attr) -> Option<u64> {
+        self.0
+            .property_int(attr.path())
+            .and_then(|n| u64::try_from(n).ok())
+    }
+
+    fn client_address(&mut self, trusted_hops: u32) -> Option<IpAddr> {
+        self.0.client_address(trusted_hops)
+    }
+
+    fn decisions(&self) -> &Decisions {
+        &self.0.decisions
+    }
+}
+
+impl Stage for AccessLog {
+    fn on_log(&self, ex: &mut Exchange) {
+        let m = &self.metrics;
+        let mut source = ExchangeSource(ex);
+        if record::decide(&self.config.sampling, &mut source).is_none() {
+            m.sampled_out.inc();
+            return;
+        }
+        let line = record::line(&self.config, &mut source);
+        m.records.inc();
+        // Straight to the host: `log::info!` would format a second copy.
+        if self.config.log.enabled && log::log_enabled!(log::Level::Info) {
+            host::log(LogLevel::Info, &line);
+        }
+        if let Some(queue) = &self.queue
+            && !queue.enqueue(&line)
+        {
+            m.drop_records(&m.dropped_enqueue, 1);
+        }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        self.sender.as_ref().map(|s| s.tick_period())
+    }
+
+    fn on_tick(&self, root: &RootServices) {
+        if let Some(sender) = &self.sender {
+            sender.on_tick(root);
+        }
+    }
+
+    fn on_queue_ready(&self, root: &RootServices, queue_id: u32) {
+        if let Some(sender) = &self.sender {
+            sender.on_queue_ready(root, queue_id);
+        }
+    }
+
+    fn on_shutdown(&self, _root: &RootServices) {
+        if let Some(sender) = &self.sender {
+            sender.release();
+        }
+    }
+}

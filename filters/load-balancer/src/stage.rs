@@ -1,0 +1,530 @@
+//! The load-balancer stage: pick on the request headers, learn from the
+//! load reports and outcomes of the response (headers and trailers), and
+//! run the periodic jobs on ticks.
+//!
+//! Per request, in steady state (the table unchanged since this VM's last
+//! request), the stage reads one 8-byte shared-data key (`table_version`)
+//! and nothing else from shared data; the table is fetched and decoded, and
+//! the picker rebuilt, only when that version moved.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use switchyard_sdk::codec::{Postcard, fnv1a64};
+use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::headers::HeaderMap;
+use switchyard_sdk::host;
+use switchyard_sdk::job::Job;
+use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpec};
+
+use crate::config::{Config, Mode, ORIGINAL_DST_HEADER, Policy};
+use crate::jobs;
+use crate::orca::{self, LoadReport, Rejected};
+use crate::picker::{Picker, Rng};
+use crate::stats::FILTER;
+use crate::store::Store;
+use crate::table::{LoadRecord, Table};
+
+/// How modules build this stage (`load_balancer` in a chain).
+pub const SPEC: StageSpec = StageSpec {
+    name: "load_balancer",
+    filter: FILTER,
+    build,
+};
+
+fn build(raw: &[u8], setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+    let config: Config = switchyard_sdk::config::parse(raw)?;
+    Ok(Box::new(LoadBalancer::new(config, setup)))
+}
+
+/// The load balancer of one VM: the shared-data side, this VM's picking
+/// state and the periodic jobs.
+pub struct LoadBalancer {
+    store: Rc<Store>,
+    picking: RefCell<Picking>,
+    /// Discovery polls (when `discovery` is configured); its answer may
+    /// reschedule it.
+    discovery_job: Option<Rc<Job>>,
+    /// Weight updates and the end of expired ejections.
+    weights_job: Job,
+}
+
+/// What only this VM knows.
+struct Picking {
+    /// The table as last fetched.
+    table: Option<Rc<Postcard<Table>>>,
+    /// The `table_version` value seen when `table` was fetched: the table
+    /// is fetched again when the key holds anything else.
+    synced: Option<u64>,
+    picker: Option<Picker>,
+    rng: Rng,
+    /// EDF phase of this VM, so workers do not pick in lockstep.
+    phase: f64,
+    /// Requests this VM has in flight per endpoint slot (P2C).
+    in_flight: Vec<u32>,
+}
+
+/// What the stage remembers between the phases of one request.
+#[derive(Default)]
+struct Request {
+    /// The table the pick was made from (or the response was mapped with).
+    table: Option<Rc<Postcard<Table>>>,
+    /// Picked endpoints (first, then retry hosts), as table indices.
+    picks: Vec<usize>,
+    /// Slot whose in-flight count this request holds; taken on release.
+    in_flight: Option<u16>,
+    /// The table index of the endpoint that answered, once known.
+    served: Option<usize>,
+    /// A valid report came with the response headers: the trailers' is
+    /// ignored (Envoy's router also takes one report, headers first).
+    report_taken: bool,
+    outcome: Outcome,
+}
+
+/// Where the request's passive-health outcome stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Outcome {
+    /// No response yet.
+    #[default]
+    Open,
+    /// A gRPC response (HTTP status below 500) without `grpc-status` in its
+    /// headers: the trailers' `grpc-status` decides. Should they never come
+    /// (a reset, maybe by the client), nothing is recorded.
+    AwaitingTrailers,
+    /// Recorded (or nothing to record): never again for this request.
+    Done,
+}
+
+impl LoadBalancer {
+    /// The stage for `config` in the VM described by `setup`. Creates the
+    /// shared table when no VM has yet, so the first request finds it.
+    pub fn new(config: Config, setup: &Setup) -> Self {
+        let store = Store::new(config, &setup.plugin_name, setup.config_hash);
+        let c = &store.config;
+        let discovery_job = c.discovery.as_ref().map(|d| {
+            Rc::new(Job::new(
+                store.key("job/discovery"),
+                Duration::from_millis(d.interval_ms),
+            ))
+        });
+        let weights_job = Job::new(
+            store.key("job/weights"),
+            Duration::from_millis(c.weighted_round_robin.weight_update_period_ms),
+        );
+        let me = setup.instance_id;
+        let slots = c.max_endpoints as usize;
+        let lb = LoadBalancer {
+            picking: RefCell::new(Picking {
+                table: None,
+                synced: None,
+                picker: None,
+                rng: Rng::new(me ^ host::now_nanos()),
+                // Golden-ratio spacing of VM phases.
+                phase: (me as f64 * 0.618_033_988_75).fract(),
+                in_flight: vec![0; slots],
+            }),
+            store: Rc::new(store),
+            discovery_job,
+            weights_job,
+        };
+        lb.current_table(&mut lb.picking.borrow_mut());
+        lb
+    }
+
+    /// The current table: this VM's copy unless `table_version` moved since
+    /// it was fetched (one small read per call in steady state).
+    fn current_table(&self, p: &mut Picking) -> Option<Rc<Postcard<Table>>> {
+        let published = match self.store.published_version() {
+            Ok(v) => v,
+            Err(e) => {
+                log::debug!("{FILTER}: reading the table version: {e}");
+                return p.table.clone().or_else(|| self.store.table_or_init());
+            }
+        };
+        if let (Some(v), Some(t)) = (published, &p.table)
+            && p.synced == Some(v)
+        {
+            return Some(Rc::clone(t));
+        }
+        let t = self.store.table_or_init()?;
+        if published.is_none() {
+            // A table without a version key (its writer failed to publish):
+            // publish it, so later requests do not fetch the table again.
+            self.store.publish_version(t.0.version);
+        }
+        p.synced = Some(published.unwrap_or(t.0.version));
+        p.table = Some(Rc::clone(&t));
+        Some(t)
+    }
+
+    /// Removes selection headers the client sent: only this filter decides.
+    fn strip_forged(&self, ex: &mut Exchange) {
+        let header = self.store.config.header();
+        let (own, original_dst) = {
+            let req = ex.request();
+            (
+                req.contains(header),
+                header != ORIGINAL_DST_HEADER && req.contains(ORIGINAL_DST_HEADER),
+            )
+        };
+        // A pick set later supersedes the removal: one host call either way.
+        if own {
+            ex.remove_request_header(header);
+        }
+        if original_dst {
+            ex.remove_request_header(ORIGINAL_DST_HEADER);
+        }
+        if own || original_dst {
+            self.store.stats.forged_headers.inc();
+        }
+    }
+
+    /// The stickiness key's hash, when the policy hashes and the request has one.
+    fn hash_key(&self, ex: &mut Exchange) -> Option<u64> {
+        let c = &self.store.config;
+        if c.policy != Policy::ConsistentHash {
+            return None;
+        }
+        let h = &c.hash;
+        if let Some(name) = &h.header {
+            return ex.request().get(name).map(fnv1a64);
+        }
+        if let Some(name) = &h.cookie {
+            // Every `Cookie` line: HTTP/1.1 clients may send several.
+            return ex.request().cookie(name).map(fnv1a64);
+        }
+        if h.client_address {
+            let ip = ex.client_address(h.trusted_hops)?;
+            return Some(fnv1a64(ip.to_string().as_bytes()));
+        }
+        None
+    }
+
+    /// Picks endpoints for the request and hands them to Envoy.
+    fn pick(&self, ex: &mut Exchange) {
+        let stats = &self.store.stats;
+        let config = &self.store.config;
+        let key = self.hash_key(ex);
+        let mut p = self.picking.borrow_mut();
+        let p = &mut *p;
+        let Some(table) = self.current_table(p) else {
+            stats.no_endpoint.inc();
+            return;
+        };
+        let t = &table.0;
+        let stale = p
+            .picker
+            .as_ref()
+            .is_none_or(|k| k.version != t.version || k.endpoints != t.endpoints.len());
+        if stale {
+            let previous = p.picker.take();
+            p.picker = Some(Picker::build(t, config, ex.now_nanos(), p.phase, previous));
+        }
+        let in_flight = &p.in_flight;
+        let inputs = |i: usize| match t.endpoints.get(i) {
+            Some(e) => {
+                let n = in_flight.get(usize::from(e.slot)).copied().unwrap_or(0);
+                (e.utilization, n)
+            }
+            None => (f64::MAX, u32::MAX),
+        };
+        let picked = p
+            .picker
+            .as_mut()
+            .and_then(|k| k.pick(key, &mut p.rng, &inputs, config.mode == Mode::Endpoint));
+        let Some((pick, first)) = picked.and_then(|k| {
+            let first = t.endpoints.get(k.first)?;
+            Some((k, first))
+        }) else {
+            stats.no_endpoint.inc();
+            return;
+        };
+        let value = match config.mode {
+            Mode::Endpoint => {
+                let mut v = first.address.clone();
+                for e in pick.retries.iter().filter_map(|&r| t.endpoints.get(r)) {
+                    v.push(',');
+                    v.push_str(&e.address);
+                }
+                v
+            }
+            Mode::OriginalDst | Mode::Cluster => first.address.clone(),
+        };
+        // A replace drops client copies and makes Envoy pick the route again.
+        ex.set_request_header(config.header(), value);
+        ex.decisions.endpoint = Some(first.address.clone());
+        stats.pick(&first.name);
+        let slot = first.slot;
+        let held = match p.in_flight.get_mut(usize::from(slot)) {
+            Some(n) => {
+                *n += 1;
+                Some(slot)
+            }
+            None => None,
+        };
+        let r = ex.state::<Request>();
+        r.in_flight = held;
+        r.picks = std::iter::once(pick.first).chain(pick.retries).collect();
+        r.table = Some(Rc::clone(&table));
+    }
+
+    /// The table this request's response maps to: the one it was picked
+    /// from, else this VM's copy (never a fetch on the response path).
+    fn request_table(&self, ex: &mut Exchange) -> Option<Rc<Postcard<Table>>> {
+        if let Some(t) = ex.state::<Request>().table.clone() {
+            return Some(t);
+        }
+        let t = self.picking.borrow().table.clone()?;
+        ex.state::<Request>().table = Some(Rc::clone(&t));
+        Some(t)
+    }
+
+    /// The table index of the endpoint that answered, if known.
+    fn served(&self, ex: &mut Exchange, t: &Table) -> Option<usize> {
+        let first = ex.state::<Request>().picks.first().copied();
+        match self.store.config.mode {
+            // The cluster header and ORIGINAL_DST's header name exactly
+            // where the request went.
+            Mode::Cluster | Mode::OriginalDst => first,
+            // override_host may have moved on to a retry host or the
+            // fallback policy: ask Envoy.
+            Mode::Endpoint => {
+                let up = ex.property_str(&["upstream", "address"])?;
+                t.endpoints.iter().position(|e| e.address == up)
+            }
+        }
+    }
+
+    /// Counts a report and stores an accepted one for the serving endpoint.
+    fn learn(
+        &self,
+        ex: &mut Exchange,
+        t: &Table,
+        served: Option<usize>,
+        report: Result<LoadReport, Rejected>,
+    ) {
+        let stats = &self.store.stats;
+        let r = match report {
+            Ok(r) => r,
+            Err(rejected) => {
+                stats.rejected(rejected.reason);
+                log::debug!("{FILTER}: load report rejected: {rejected}");
+                return;
+            }
+        };
+        stats.reports_accepted.inc();
+        let Some(e) = served.and_then(|i| t.endpoints.get(i)) else {
+            return;
+        };
+        let metrics = &self.store.config.weighted_round_robin.utilization_metrics;
+        self.store.store_report(
+            e.slot,
+            LoadRecord {
+                fingerprint: e.fingerprint(),
+                at_ns: ex.now_nanos(),
+                qps: r.rps_fractional,
+                eps: r.eps,
+                utilization: r.utilization_for(metrics),
+            },
+        );
+    }
+
+    /// Records the request's outcome, once: the hosts listed before the one
+    /// that served failed (Envoy moved on only after a connect failure or
+    /// reset), the serving one by `failed`.
+    fn record(&self, ex: &mut Exchange, t: &Table, failed: bool) {
+        let r = ex.state::<Request>();
+        if r.outcome == Outcome::Done {
+            return;
+        }
+        r.outcome = Outcome::Done;
+        let Some(s) = r.served else {
+            return;
+        };
+        let picks = &r.picks;
+        if let Some(k) = picks.iter().position(|&p| p == s) {
+            for e in picks[..k].iter().filter_map(|&p| t.endpoints.get(p)) {
+                self.store
+                    .record_outcome(&e.address, e.slot, e.fingerprint(), true);
+            }
+        }
+        if let Some(e) = t.endpoints.get(s) {
+            self.store
+                .record_outcome(&e.address, e.slot, e.fingerprint(), failed);
+        }
+    }
+}
+
+/// The load report of one header map and which report headers it holds.
+fn read_report(map: &HeaderMap, max_bytes: usize) -> ReportHeaders {
+    let bin: Vec<&[u8]> = map.values(orca::BIN_HEADER).collect();
+    let text: Vec<&[u8]> = map.values(orca::HEADER).collect();
+    ReportHeaders {
+        report: orca::parse_report(&bin, &text, max_bytes),
+        bin: !bin.is_empty(),
+        text: !text.is_empty(),
+    }
+}
+
+struct ReportHeaders {
+    report: Option<Result<LoadReport, Rejected>>,
+    bin: bool,
+    text: bool,
+}
+
+/// Whether a response is gRPC (`application/grpc`, `+proto`, `;...`), whose
+/// status comes in `grpc-status` (gRPC-Web's travels in the body: not
+/// gRPC here).
+fn is_grpc(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|c| c.trim().strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+}
+
+/// Whether a `grpc-status` is a failure of the endpoint: the codes Envoy
+/// maps to a 5xx (`Grpc::Utility::grpcToHttpStatus`): UNKNOWN, DEADLINE_
+/// EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, and an
+/// unknown, unreadable or missing status. Other codes (NOT_FOUND,
+/// INVALID_ARGUMENT, ...) are the application's answer, as a 4xx is.
+fn grpc_failed(status: Option<&[u8]>) -> bool {
+    let code = status
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match code {
+        Some(code) => matches!(code, 2 | 4 | 12..=15) || code > 16,
+        None => true,
+    }
+}
+
+impl Stage for LoadBalancer {
+    fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
+        self.strip_forged(ex);
+        self.pick(ex);
+        Flow::Continue
+    }
+
+    fn on_response_headers(&self, ex: &mut Exchange) -> Flow {
+        let config = &self.store.config;
+        let found = read_report(ex.response(), config.max_report_bytes as usize);
+        if config.strip_load_reports {
+            if found.bin {
+                ex.remove_response_header(orca::BIN_HEADER);
+            }
+            if found.text {
+                ex.remove_response_header(orca::HEADER);
+            }
+        }
+        // `grpc`: None for plain HTTP; for gRPC, the verdict of a
+        // `grpc-status` in the headers (a trailers-only answer) if any.
+        let (http_failed, grpc) = {
+            let m = ex.response();
+            let status = m
+                .get_str(":status")
+                .and_then(|s| s.trim().parse::<u16>().ok())
+                .unwrap_or(0);
+            let grpc = is_grpc(m.get_str("content-type"))
+                .then(|| m.get("grpc-status").map(|v| grpc_failed(Some(v))));
+            (status >= 500, grpc)
+        };
+        let Some(table) = self.request_table(ex) else {
+            return Flow::Continue;
+        };
+        let t = &table.0;
+        let served = self.served(ex, t);
+        ex.state::<Request>().served = served;
+        if let Some(report) = found.report {
+            ex.state::<Request>().report_taken = report.is_ok();
+            self.learn(ex, t, served, report);
+        }
+        match grpc {
+            // An HTTP failure needs no gRPC status.
+            _ if http_failed => self.record(ex, t, true),
+            None => self.record(ex, t, false),
+            Some(Some(failed)) => self.record(ex, t, failed),
+            Some(None) => ex.state::<Request>().outcome = Outcome::AwaitingTrailers,
+        }
+        Flow::Continue
+    }
+
+    fn on_response_trailers(&self, ex: &mut Exchange) -> Flow {
+        let config = &self.store.config;
+        let found = read_report(ex.response_trailers(), config.max_report_bytes as usize);
+        if config.strip_load_reports {
+            if found.bin {
+                ex.remove_response_trailer(orca::BIN_HEADER);
+            }
+            if found.text {
+                ex.remove_response_trailer(orca::HEADER);
+            }
+        }
+        let grpc_verdict = grpc_failed(ex.response_trailers().get("grpc-status"));
+        let Some(table) = ex.state::<Request>().table.clone() else {
+            return Flow::Continue;
+        };
+        let t = &table.0;
+        let r = ex.state::<Request>();
+        let (served, report_taken, outcome) = (r.served, r.report_taken, r.outcome);
+        if let Some(report) = found.report.filter(|_| !report_taken) {
+            self.learn(ex, t, served, report);
+        }
+        if outcome == Outcome::AwaitingTrailers {
+            self.record(ex, t, grpc_verdict);
+        }
+        Flow::Continue
+    }
+
+    fn on_stream_end(&self, ex: &mut Exchange) {
+        // `take`: the count is released once, whatever ran before.
+        if let Some(slot) = ex.state::<Request>().in_flight.take()
+            && let Some(n) = self
+                .picking
+                .borrow_mut()
+                .in_flight
+                .get_mut(usize::from(slot))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.store.config.tick_ms()))
+    }
+
+    fn on_tick(&self, root: &RootServices) {
+        let now = host::now_nanos();
+        if let (Some(d), Some(job)) = (&self.store.config.discovery, &self.discovery_job)
+            && job.claim(now)
+        {
+            jobs::poll(&self.store, &root.callouts, d, job, now);
+        }
+        if self.weights_job.claim(now) {
+            jobs::update_weights(&self.store, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types() {
+        assert!(is_grpc(Some("application/grpc")));
+        assert!(is_grpc(Some("application/grpc+proto")));
+        assert!(is_grpc(Some("application/grpc;charset=utf-8")));
+        assert!(!is_grpc(Some("application/grpc-web")));
+        assert!(!is_grpc(Some("application/json")));
+        assert!(!is_grpc(None));
+    }
+
+    #[test]
+    fn grpc_failures_are_the_5xx_kind() {
+        for ok in ["0", "1", "3", "5", "7", "8", "9", "10", "11", "16", " 0 "] {
+            assert!(!grpc_failed(Some(ok.as_bytes())), "{ok}");
+        }
+        for failed in ["2", "4", "12", "13", "14", "15", "17", "x", "", "-1"] {
+            assert!(grpc_failed(Some(failed.as_bytes())), "{failed}");
+        }
+        assert!(grpc_failed(None), "a gRPC answer must carry its status");
+    }
+}

@@ -1,0 +1,50 @@
+//! The SDK fixture's crossings per GET (the `make bench` fixture variant),
+//! held to a budget and recorded in `build/crossings.json`.
+
+use std::collections::BTreeMap;
+use switchyard_emulator::Host;
+
+/// 5 callbacks (context create, request headers, response headers, log,
+/// delete); request map read (1 + 1 allocation); the counter; the count's
+/// CAS update: shared-data read (1 + 1) + write; the sequence header
+/// replace; the response stamp replace. Was 15.
+const FIXTURE_GET_BUDGET: usize = 13;
+
+#[test]
+fn a_get_stays_within_budget() {
+    let host = Host::new(switchyard_fixture_filter::_initialize)
+        .plugin_config(r#"{"stamp": "bench"}"#)
+        .build();
+    let worker = host.start_worker();
+    assert!(worker.configured());
+    let s = worker.http_stream();
+    s.request_headers(
+        &[
+            (":authority", "bench.local"),
+            (":path", "/"),
+            (":method", "GET"),
+        ],
+        true,
+    );
+    s.response_headers(&[(":status", "200")], false);
+    s.response_body(b"ok", true);
+    s.finish();
+    assert_eq!(
+        s.response_header("x-switchyard-fixture").as_deref(),
+        Some("bench")
+    );
+    let c = s.crossings();
+    println!("fixture: {c}");
+    assert!(c.total() <= FIXTURE_GET_BUDGET, "{c}");
+
+    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build");
+    if std::fs::create_dir_all(&build).is_ok() {
+        let path = build.join("crossings.json");
+        let mut all: BTreeMap<String, usize> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        all.insert("fixture".into(), c.total());
+        let _ = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default());
+    }
+}

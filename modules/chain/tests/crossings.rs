@@ -1,0 +1,145 @@
+//! Crossings per GET of every `make bench` variant, counted in the emulator
+//! with the bench's configurations (`integration/src/bench.rs`), written to
+//! `build/crossings.json` for the bench table, and held to budgets.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use switchyard_emulator::{Crossings, Host};
+
+/// The bench's router table: 10 virtual hosts, requests match the last.
+fn router() -> Value {
+    let mut hosts: Vec<Value> = (0..9)
+        .map(|i| {
+            json!({"name": format!("other-{i}"),
+                "domains": [format!("tenant-{i}.example.com"), format!("*.tenant-{i}.example.com")],
+                "rules": [{"cluster": "backend"}]})
+        })
+        .collect();
+    hosts.push(
+        json!({"name": "bench", "domains": ["bench.local"], "rules": [{"cluster": "backend"}]}),
+    );
+    json!({"cluster_header": "x-switchyard-cluster", "table": {"version": 1, "virtual_hosts": hosts}})
+}
+
+fn rate_limit() -> Value {
+    json!({"rules": [{"name": "per-client", "key": [{"type": "client_address"}],
+        "limit": {"requests": 1_000_000, "per": "second", "burst": 1_000_000}}]})
+}
+
+fn load_balancer() -> Value {
+    json!({"mode": "endpoint", "endpoints": [
+        {"address": "127.0.0.1:9001"}, {"address": "127.0.0.1:9002"}, {"address": "127.0.0.1:9003"}]})
+}
+
+fn access_log() -> Value {
+    json!({})
+}
+
+/// The crossings of the second GET (the first builds per-VM caches) as the
+/// bench sends it: wrk's GET, a 200 with a TEXT load report and a body.
+fn count(init: extern "C" fn(), config: &Value) -> Crossings {
+    let host = Host::new(init).plugin_config(config.to_string()).build();
+    let worker = host.start_worker();
+    assert!(worker.configured(), "{config}: {:?}", host.logs());
+    let mut last = Crossings::default();
+    for _ in 0..2 {
+        let s = worker.http_stream();
+        s.set_property(&["source", "address"], "127.0.0.1:40000");
+        s.request_headers(
+            &[
+                (":authority", "bench.local"),
+                (":path", "/"),
+                (":method", "GET"),
+                ("x-request-id", "r"),
+            ],
+            true,
+        );
+        let picked = s.request_header("x-switchyard-lb-host").unwrap_or_default();
+        let upstream = picked
+            .split(',')
+            .next()
+            .unwrap_or("127.0.0.1:9001")
+            .to_string();
+        s.set_property(&["upstream", "address"], upstream);
+        s.response_headers(
+            &[
+                (":status", "200"),
+                (
+                    "endpoint-load-metrics",
+                    "TEXT application_utilization=0.5,rps_fractional=100",
+                ),
+            ],
+            false,
+        );
+        s.response_body(b"ok", true);
+        s.finish();
+        last = s.crossings();
+    }
+    last
+}
+
+/// Per-stage budgets: each single-stage module's GET, its 5 callbacks
+/// (context create, request headers, response headers, log, delete)
+/// included.
+const BUDGETS: &[(&str, usize)] = &[
+    // 5 callbacks, request map (2), cluster header replace, 1 counter.
+    ("domain_router", 9),
+    // 5 callbacks, request map (2), source.address (2), clock, bucket
+    // read (2) + CAS write, 1 counter.
+    ("rate_limit", 14),
+    // Budgets of the load balancer and access log stages are held by their
+    // crates' own emulator tests; here they are only counted.
+];
+
+/// The demo-shaped bench chain in one module.
+const CHAIN_BUDGET: usize = 40;
+
+#[test]
+fn bench_variants_crossings() {
+    let mut counts = BTreeMap::new();
+    let singles: [(&str, extern "C" fn(), Value); 4] = [
+        ("domain_router", switchyard_domain_router::init, router()),
+        ("rate_limit", switchyard_rate_limit::init, rate_limit()),
+        (
+            "load_balancer",
+            switchyard_load_balancer::init,
+            load_balancer(),
+        ),
+        ("access_log", switchyard_access_log::init, access_log()),
+    ];
+    let mut separate = 0;
+    for (name, init, config) in &singles {
+        let c = count(*init, config);
+        println!("{name}: {c}");
+        separate += c.total();
+        counts.insert(name.to_string(), c.total());
+        if let Some((_, budget)) = BUDGETS.iter().find(|(n, _)| n == name) {
+            assert!(c.total() <= *budget, "{name} over its budget {budget}: {c}");
+        }
+    }
+    counts.insert("chain_separate".into(), separate);
+    let chain = json!({"stages": [
+        {"domain_router": router()},
+        {"rate_limit": rate_limit()},
+        {"load_balancer": load_balancer()},
+        {"access_log": access_log()},
+    ]});
+    let c = count(switchyard::init, &chain);
+    println!("chain: {c}");
+    counts.insert("chain".into(), c.total());
+    assert!(
+        c.total() <= CHAIN_BUDGET,
+        "chain over its budget {CHAIN_BUDGET}: {c}"
+    );
+
+    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build");
+    if std::fs::create_dir_all(&build).is_ok() {
+        let path = build.join("crossings.json");
+        let mut all: BTreeMap<String, usize> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        all.extend(counts);
+        let _ = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default());
+    }
+}

@@ -1,0 +1,399 @@
+//! The SDK-owned contexts: one root per plugin, one stream per request,
+//! running the module's stages in order ([`crate::dispatch`] maps Envoy's
+//! callbacks to them).
+//!
+//! A module is one stage built alone ([`install_single`]: the plugin
+//! configuration is that stage's configuration) or a chain
+//! ([`install_chain`]: `{"stages": [{"domain_router": {...}}, {"rate_limit":
+//! {...}}]}`, the stages run in the listed order). Either way a request
+//! costs one set of Envoy callbacks, each header map is read once per phase,
+//! and the stages share one [`Exchange`].
+//!
+//! Without a valid configuration Envoy refuses the plugin; should a stream
+//! still be created (a host that ignores the refusal), it is inert: it lets
+//! the request through untouched, never panics.
+
+use crate::callout::Callouts;
+use crate::codec::fnv1a64;
+use crate::config::ConfigError;
+use crate::host::{self, MapType};
+use crate::stage::{Exchange, Flow, Phase, RootServices, Setup, Stage, StageSpec};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// What a stream callback tells Envoy (the ABI's `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Action {
+    Continue = 0,
+    Pause = 1,
+}
+
+/// Stages in order, each with its filter name (for logs).
+type Stages = Vec<(&'static str, Box<dyn Stage>)>;
+
+/// The stages of one plugin, in order, with the filter names for logs.
+struct Pipeline {
+    stages: Stages,
+    root: RootServices,
+}
+
+enum Layout {
+    Single(StageSpec),
+    Chain(&'static [StageSpec]),
+}
+
+/// Installs the root of a module that runs `spec` alone. Call it from the
+/// module's `_initialize` (see [`crate::module!`]).
+pub fn install_single(spec: StageSpec) {
+    install(Layout::Single(spec));
+}
+
+/// Installs the root of a chain module whose configuration picks stages
+/// from `specs` by name.
+pub fn install_chain(specs: &'static [StageSpec]) {
+    install(Layout::Chain(specs));
+}
+
+thread_local! {
+    /// What `install` chose; one per VM (a VM is one thread).
+    static LAYOUT: std::cell::RefCell<Option<Rc<Layout>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn install(layout: Layout) {
+    LAYOUT.with(|l| *l.borrow_mut() = Some(Rc::new(layout)));
+}
+
+/// Defines the module's `_initialize` for one stage or a chain:
+/// `switchyard_sdk::module!(single: my_filter::SPEC)` or
+/// `switchyard_sdk::module!(chain: &[a::SPEC, b::SPEC])`.
+#[macro_export]
+macro_rules! module {
+    (single: $spec:expr) => {
+        $crate::module!(@init $crate::module::install_single($spec));
+    };
+    (chain: $specs:expr) => {
+        $crate::module!(@init $crate::module::install_chain($specs));
+    };
+    (@init $install:expr) => {
+        #[cfg(target_os = "wasi")]
+        unsafe extern "C" {
+            fn __wasm_call_ctors();
+        }
+
+        /// The module's entry point (WASI reactor): installs the stages.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _initialize() {
+            #[cfg(target_os = "wasi")]
+            // SAFETY: the linker-generated constructor runner, called once
+            // before anything else, as a WASI reactor must.
+            unsafe {
+                __wasm_call_ctors();
+            }
+            $install;
+        }
+    };
+}
+
+/// The root context of one plugin: its configuration and stages.
+pub(crate) struct ModuleRoot {
+    layout: Option<Rc<Layout>>,
+    pipeline: Option<Rc<Pipeline>>,
+}
+
+fn setup_for(raw: &[u8]) -> Setup {
+    Setup {
+        plugin_name: crate::properties::plugin_name().unwrap_or_default(),
+        config_hash: fnv1a64(raw),
+        instance_id: crate::vm::instance_id(),
+        vm_id: crate::properties::plugin_vm_id().unwrap_or_default(),
+    }
+}
+
+/// The chain configuration: a list of one-key objects.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ChainConfig {
+    stages: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl crate::config::Validate for ChainConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::config::ensure(
+            !self.stages.is_empty(),
+            "stages",
+            "must list at least one stage",
+        )
+    }
+}
+
+fn build_chain(specs: &[StageSpec], raw: &[u8]) -> Result<Stages, ConfigError> {
+    let chain: ChainConfig = crate::config::parse(raw)?;
+    let mut stages = Vec::new();
+    for (i, entry) in chain.stages.iter().enumerate() {
+        let at = format!("stages[{i}]");
+        let mut it = entry.iter();
+        let (Some((name, value)), None) = (it.next(), it.next()) else {
+            return Err(ConfigError::new(
+                at,
+                "must be an object with exactly one key, the stage name",
+            ));
+        };
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            return Err(ConfigError::new(
+                at,
+                format!("unknown stage `{name}`, expected one of {known:?}"),
+            ));
+        };
+        let bytes = serde_json::to_vec(value).map_err(|e| ConfigError::new(&at, e.to_string()))?;
+        let stage = (spec.build)(&bytes, &setup_for(&bytes))
+            .map_err(|e| e.within(&format!("{at}.{name}")))?;
+        stages.push((spec.filter, stage));
+    }
+    Ok(stages)
+}
+
+impl ModuleRoot {
+    pub(crate) fn new() -> Self {
+        ModuleRoot {
+            layout: LAYOUT.with(|l| l.borrow().clone()),
+            pipeline: None,
+        }
+    }
+
+    pub(crate) fn on_http_call_response(&self, token: u32, body_size: usize) {
+        if let Some(p) = &self.pipeline {
+            p.root.callouts.on_http_response(token, body_size);
+        }
+    }
+
+    pub(crate) fn on_grpc_call_response(&self, token: u32, status_code: u32, size: usize) {
+        if let Some(p) = &self.pipeline {
+            p.root.callouts.on_grpc_response(token, status_code, size);
+        }
+    }
+
+    pub(crate) fn on_shutdown(&self) {
+        if let Some(p) = &self.pipeline {
+            for (_, s) in &p.stages {
+                s.on_shutdown(&p.root);
+            }
+        }
+    }
+
+    pub(crate) fn on_configure(&mut self) -> bool {
+        let raw = match host::plugin_configuration() {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("cannot read the plugin configuration: {e}");
+                return false;
+            }
+        };
+        let Some(layout) = self.layout.clone() else {
+            log::error!("no stages installed in this module");
+            return false;
+        };
+        let (what, built) = match &*layout {
+            Layout::Single(spec) => (
+                spec.filter,
+                (spec.build)(&raw, &setup_for(&raw)).map(|s| vec![(spec.filter, s)]),
+            ),
+            Layout::Chain(specs) => ("switchyard", build_chain(specs, &raw)),
+        };
+        let stages = match built {
+            Ok(s) => s,
+            Err(e) => {
+                // Envoy keeps the old plugin (and its VM state) when a new
+                // configuration is refused.
+                log::error!("{what}: invalid configuration: {e}");
+                return false;
+            }
+        };
+        let tick = stages.iter().filter_map(|(_, s)| s.tick_period()).min();
+        if let Some(period) = tick
+            && let Err(e) = host::set_tick_period(period.max(Duration::from_millis(1)))
+        {
+            log::error!("{what}: cannot set the tick period: {e}");
+            return false;
+        }
+        self.pipeline = Some(Rc::new(Pipeline {
+            stages,
+            root: RootServices {
+                callouts: Callouts::new(),
+            },
+        }));
+        true
+    }
+
+    pub(crate) fn on_tick(&self) {
+        if let Some(p) = &self.pipeline {
+            for (_, s) in &p.stages {
+                s.on_tick(&p.root);
+            }
+        }
+    }
+
+    pub(crate) fn on_queue_ready(&self, queue_id: u32) {
+        if let Some(p) = &self.pipeline {
+            for (_, s) in &p.stages {
+                s.on_queue_ready(&p.root, queue_id);
+            }
+        }
+    }
+
+    /// A new stream; inert (passes everything through) without a valid
+    /// configuration.
+    pub(crate) fn new_stream(&self) -> ModuleStream {
+        ModuleStream {
+            exchange: Exchange::new(self.pipeline.as_ref().map_or(0, |p| p.stages.len())),
+            pipeline: self.pipeline.clone(),
+        }
+    }
+}
+
+/// One HTTP stream: the stages' shared [`Exchange`].
+pub(crate) struct ModuleStream {
+    pipeline: Option<Rc<Pipeline>>,
+    exchange: Exchange,
+}
+
+fn map_of(phase: Phase) -> Option<MapType> {
+    match phase {
+        Phase::RequestHeaders => Some(MapType::HttpRequestHeaders),
+        Phase::ResponseHeaders => Some(MapType::HttpResponseHeaders),
+        Phase::ResponseTrailers => Some(MapType::HttpResponseTrailers),
+        Phase::Log => None,
+    }
+}
+
+impl ModuleStream {
+    /// Runs `phase` from stage `from` on; what Envoy should do next.
+    fn run(&mut self, phase: Phase, from: usize) -> Action {
+        let Some(p) = self.pipeline.clone() else {
+            return Action::Continue;
+        };
+        let ex = &mut self.exchange;
+        let mut action = Action::Continue;
+        for (i, (_, stage)) in p.stages.iter().enumerate().skip(from) {
+            ex.set_current(i);
+            let flow = match phase {
+                Phase::RequestHeaders => stage.on_request_headers(ex),
+                Phase::ResponseHeaders => stage.on_response_headers(ex),
+                Phase::ResponseTrailers => stage.on_response_trailers(ex),
+                Phase::Log => {
+                    stage.on_log(ex);
+                    Flow::Continue
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Pause => {
+                    action = Action::Pause;
+                    break;
+                }
+                Flow::Stop => {
+                    action = Action::Pause;
+                    break;
+                }
+            }
+        }
+        if let Some(kind) = map_of(phase) {
+            ex.flush(kind);
+        }
+        if let Some(reply) = ex.take_reply() {
+            ex.mark_replied();
+            let headers: Vec<(&str, &[u8])> = reply
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes()))
+                .collect();
+            if let Err(e) = host::send_local_response(
+                u32::from(reply.status),
+                &reply.details,
+                &headers,
+                &reply.body,
+            ) {
+                log::warn!("local reply {} not sent: {e}", reply.status);
+            }
+        }
+        action
+    }
+
+    fn phase(&mut self, phase: Phase) -> Action {
+        self.exchange.begin_phase();
+        self.run(phase, 0)
+    }
+
+    /// A callout answer arrived for stage `stage` in `phase`: the chain
+    /// goes on after that stage, and Envoy resumes when it all continued.
+    fn resumed(&mut self, answered: Option<(usize, Phase, Flow)>) {
+        let Some((stage, phase, flow)) = answered else {
+            return;
+        };
+        let action = match flow {
+            Flow::Continue => self.run(phase, stage + 1),
+            Flow::Pause => return,
+            Flow::Stop => {
+                // Send the reply the callback asked for (no further stages).
+                let _ = self.run_reply_only(phase);
+                return;
+            }
+        };
+        if action == Action::Continue {
+            let stream = match phase {
+                Phase::RequestHeaders => host::StreamType::HttpRequest,
+                _ => host::StreamType::HttpResponse,
+            };
+            if let Err(e) = host::resume(stream) {
+                log::debug!("resume: {e}");
+            }
+        }
+    }
+
+    fn run_reply_only(&mut self, phase: Phase) -> Action {
+        let n = self.pipeline.as_ref().map_or(0, |p| p.stages.len());
+        // Running from past the last stage only flushes edits and sends the reply.
+        self.run(phase, n)
+    }
+}
+
+impl ModuleStream {
+    pub(crate) fn on_grpc_call_response(&mut self, token: u32, status_code: u32, size: usize) {
+        let answered = self.exchange.answer_grpc(token, status_code, size);
+        self.resumed(answered);
+    }
+
+    pub(crate) fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        let answered = self.exchange.answer_http(token, body_size);
+        self.resumed(answered);
+    }
+
+    pub(crate) fn on_request_headers(&mut self) -> Action {
+        self.phase(Phase::RequestHeaders)
+    }
+
+    pub(crate) fn on_response_headers(&mut self) -> Action {
+        self.phase(Phase::ResponseHeaders)
+    }
+
+    pub(crate) fn on_response_trailers(&mut self) -> Action {
+        self.phase(Phase::ResponseTrailers)
+    }
+
+    pub(crate) fn on_log(&mut self) {
+        self.phase(Phase::Log);
+    }
+}
+
+impl Drop for ModuleStream {
+    fn drop(&mut self) {
+        // Dropped on `proxy_on_delete`: every stream ends here.
+        if let Some(p) = self.pipeline.clone() {
+            for (i, (_, s)) in p.stages.iter().enumerate() {
+                self.exchange.set_current(i);
+                s.on_stream_end(&mut self.exchange);
+            }
+        }
+    }
+}
