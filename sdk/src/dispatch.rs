@@ -151,7 +151,7 @@ pub extern "C" fn proxy_on_configure(context_id: u32, _plugin_configuration_size
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(context_id: u32) {
-    with_root(context_id, (), |r| r.on_tick());
+    with_root(context_id, (), ModuleRoot::on_tick);
 }
 
 #[unsafe(no_mangle)]

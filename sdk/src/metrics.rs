@@ -9,8 +9,37 @@
 //!
 //! A handle whose definition failed is inert: updates are dropped rather
 //! than failing the request.
+//!
+//! Counters are summed in the VM and handed to Envoy by [`flush`], which the
+//! SDK's root runs on every tick (at least every [`FLUSH_PERIOD`]): a
+//! request pays no host call for a count, and Envoy's stats lag by at most
+//! one flush period. Gauges and histograms are written at once.
 
 use crate::host::{self, MetricType};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often counters reach Envoy at the latest.
+pub const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+
+thread_local! {
+    /// Every counter of this VM with its unflushed count.
+    static PENDING: RefCell<Vec<(u32, Rc<Cell<u64>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hands every counter's count since the last flush to Envoy: one host call
+/// per counter that moved.
+pub fn flush() {
+    PENDING.with(|p| {
+        for (id, n) in p.borrow().iter() {
+            let v = n.take();
+            if let Ok(v @ 1..) = i64::try_from(v) {
+                let _ = host::increment_metric(*id, v);
+            }
+        }
+    });
+}
 
 /// `switchyard.<filter>.<metric>`.
 pub fn name(filter: &str, metric: &str) -> String {
@@ -27,28 +56,38 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
     }
 }
 
-/// A monotonically increasing count.
-#[derive(Debug, Clone, Copy)]
-pub struct Counter(Option<u32>);
+/// A monotonically increasing count, summed in the VM until [`flush`].
+#[derive(Debug, Clone)]
+pub struct Counter {
+    id: Option<u32>,
+    pending: Rc<Cell<u64>>,
+}
 
 impl Counter {
     pub fn new(name: &str) -> Self {
-        Counter(define(MetricType::Counter, name))
+        let id = define(MetricType::Counter, name);
+        let pending = Rc::new(Cell::new(0));
+        if let Some(id) = id {
+            PENDING.with(|p| p.borrow_mut().push((id, Rc::clone(&pending))));
+        }
+        Counter { id, pending }
     }
 
     pub fn inc(&self) {
         self.add(1);
     }
 
-    /// Adds `n`; Envoy rejects non-positive increments, so 0 is skipped.
+    /// Adds `n` (no host call; see [`flush`]).
     pub fn add(&self, n: u64) {
-        if let (Some(id), Ok(n @ 1..)) = (self.0, i64::try_from(n)) {
-            let _ = host::increment_metric(id, n);
+        if self.id.is_some() {
+            self.pending.set(self.pending.get().saturating_add(n));
         }
     }
 
+    /// Envoy's value plus what this VM has not flushed yet.
     pub fn value(&self) -> Option<u64> {
-        host::metric_value(self.0?).ok()
+        let flushed = host::metric_value(self.id?).ok()?;
+        Some(flushed.saturating_add(self.pending.get()))
     }
 }
 

@@ -62,6 +62,26 @@ thread_local! {
 
 fn install(layout: Layout) {
     LAYOUT.with(|l| *l.borrow_mut() = Some(Rc::new(layout)));
+    #[cfg(not(target_arch = "wasm32"))]
+    emulator::register_flush();
+}
+
+/// Natively, lets `switchyard-emulator` flush the VM's counters before a
+/// test reads a metric (on wasm a tick does it).
+#[cfg(not(target_arch = "wasm32"))]
+mod emulator {
+    unsafe extern "C" {
+        fn switchyard_emulator_register_flush(flush: extern "C" fn());
+    }
+
+    extern "C" fn flush() {
+        crate::metrics::flush();
+    }
+
+    pub(super) fn register_flush() {
+        // SAFETY: hands over a plain function pointer.
+        unsafe { switchyard_emulator_register_flush(flush) }
+    }
 }
 
 /// Defines the module's `_initialize` for one stage or a chain:
@@ -99,6 +119,8 @@ macro_rules! module {
 pub(crate) struct ModuleRoot {
     layout: Option<Rc<Layout>>,
     pipeline: Option<Rc<Pipeline>>,
+    /// Per stage: when its next `on_tick` is due (host clock, ns).
+    next_tick_ns: Vec<u64>,
 }
 
 fn setup_for(raw: &[u8]) -> Setup {
@@ -159,6 +181,7 @@ impl ModuleRoot {
         ModuleRoot {
             layout: LAYOUT.with(|l| l.borrow().clone()),
             pipeline: None,
+            next_tick_ns: Vec::new(),
         }
     }
 
@@ -175,6 +198,7 @@ impl ModuleRoot {
     }
 
     pub(crate) fn on_shutdown(&self) {
+        crate::metrics::flush();
         if let Some(p) = &self.pipeline {
             for (_, s) in &p.stages {
                 s.on_shutdown(&p.root);
@@ -210,13 +234,19 @@ impl ModuleRoot {
                 return false;
             }
         };
-        let tick = stages.iter().filter_map(|(_, s)| s.tick_period()).min();
-        if let Some(period) = tick
-            && let Err(e) = host::set_tick_period(period.max(Duration::from_millis(1)))
-        {
+        // The root ticks at the fastest stage's period, and at least every
+        // counter flush period; each stage's own period is kept below.
+        let tick = stages
+            .iter()
+            .filter_map(|(_, s)| s.tick_period())
+            .chain([crate::metrics::FLUSH_PERIOD])
+            .min()
+            .unwrap_or(crate::metrics::FLUSH_PERIOD);
+        if let Err(e) = host::set_tick_period(tick.max(Duration::from_millis(1))) {
             log::error!("{what}: cannot set the tick period: {e}");
             return false;
         }
+        self.next_tick_ns = vec![0; stages.len()];
         self.pipeline = Some(Rc::new(Pipeline {
             stages,
             root: RootServices {
@@ -226,12 +256,23 @@ impl ModuleRoot {
         true
     }
 
-    pub(crate) fn on_tick(&self) {
-        if let Some(p) = &self.pipeline {
-            for (_, s) in &p.stages {
-                s.on_tick(&p.root);
+    pub(crate) fn on_tick(&mut self) {
+        crate::metrics::flush();
+        let Some(p) = &self.pipeline else { return };
+        let now = host::now_nanos();
+        for ((_, s), next) in p.stages.iter().zip(self.next_tick_ns.iter_mut()) {
+            let Some(period) = s.tick_period() else {
+                continue;
+            };
+            if now < *next {
+                continue;
             }
+            // A tick a little early counts: ticks are not exact.
+            let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+            *next = now.saturating_add(period_ns - period_ns / 10);
+            s.on_tick(&p.root);
         }
+        crate::metrics::flush();
     }
 
     pub(crate) fn on_queue_ready(&self, queue_id: u32) {

@@ -175,6 +175,7 @@ fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
     );
     // The other worker loads the published table on its next tick (tables
     // are not looked up per request: that would cost a shared-data read).
+    host.advance(std::time::Duration::from_millis(100));
     other.tick();
     let s = get(other, "shop.example.com", "/", &[]);
     assert_eq!(

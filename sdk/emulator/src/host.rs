@@ -520,6 +520,7 @@ impl Host {
 
     /// Value of a counter or gauge by name.
     pub fn metric(&self, name: &str) -> Option<u64> {
+        self.flush_metrics();
         let state = self.state();
         state
             .metrics

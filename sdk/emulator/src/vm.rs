@@ -332,6 +332,20 @@ thread_local! {
     static UNEXPORTED: Cell<bool> = const { Cell::new(false) };
 }
 
+thread_local! {
+    /// The module's "hand your buffered counters to the host" function, if
+    /// it registered one ([`switchyard_emulator_register_flush`]).
+    pub(crate) static FLUSH: Cell<Option<extern "C" fn()>> = const { Cell::new(None) };
+}
+
+/// Called by a module that sums counters in the VM (the Switchyard SDK):
+/// the emulator runs `flush` on each worker before a test reads a metric,
+/// as if a tick had just happened.
+#[unsafe(no_mangle)]
+pub extern "C" fn switchyard_emulator_register_flush(flush: extern "C" fn()) {
+    FLUSH.with(|f| f.set(Some(flush)));
+}
+
 /// Called by a module's native stub of a callback that its wasm build does
 /// not export: Envoy would not make that call, so it is not counted.
 #[unsafe(no_mangle)]
@@ -375,14 +389,24 @@ type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 /// The hook that was in place before the emulator's (std's default).
 static DEFAULT_HOOK: OnceLock<PanicHook> = OnceLock::new();
 
-/// Installs the process-wide panic hook (and, once, the SIGABRT trap).
-/// Called again after every module `_initialize`: a module may install its
-/// own hook there (proxy-wasm does on its first `set_log_level`), which
-/// would hide a filter panic from the emulator.
+static REASSERTED: Once = Once::new();
+
+/// Installs the process-wide panic hook and the SIGABRT trap, once.
 pub(crate) fn install_panic_hook() {
-    DEFAULT_HOOK.get_or_init(panic::take_hook);
-    HOOK.call_once(abort_trap::install);
-    panic::set_hook(Box::new(emulator_hook));
+    HOOK.call_once(|| {
+        DEFAULT_HOOK.get_or_init(panic::take_hook);
+        abort_trap::install();
+        panic::set_hook(Box::new(emulator_hook));
+    });
+}
+
+/// Called after a module's `_initialize`: the first module to run may have
+/// installed its own panic hook (proxy-wasm does, once per process, on its
+/// first `set_log_level`), which would hide filter panics from the emulator.
+/// Later modules cannot (that install happens once), so this runs once:
+/// replacing the hook while a dead VM's thread is parked could block.
+pub(crate) fn reassert_panic_hook() {
+    REASSERTED.call_once(|| panic::set_hook(Box::new(emulator_hook)));
 }
 
 fn default_hook(info: &PanicHookInfo<'_>) {

@@ -12,6 +12,7 @@ use crate::vm::{
 };
 use crate::wire::{self, HeaderMap};
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::mpsc::{self, Sender};
@@ -234,6 +235,27 @@ fn worker_main(handle: VmHandle, jobs: mpsc::Receiver<Job>) {
 }
 
 impl Host {
+    /// Runs every live worker's counter flush (modules that sum counters in
+    /// the VM register one), so metric reads see what a tick would publish.
+    pub(crate) fn flush_metrics(&self) {
+        let workers: Vec<Arc<WorkerInner>> = self
+            .state()
+            .workers
+            .iter()
+            .filter_map(|w| w.handle.upgrade())
+            .collect();
+        for w in workers {
+            if lock(&w.crash).is_some() {
+                continue;
+            }
+            w.call(|_| {
+                if let Some(flush) = vm::FLUSH.with(Cell::get) {
+                    vm_call(|| flush());
+                }
+            });
+        }
+    }
+
     /// Starts one Envoy worker: a thread with its own VM that runs
     /// `_initialize`, creates the root context, then `proxy_on_vm_start` and
     /// (if that succeeded) `proxy_on_configure`. Panics if the filter does.
@@ -334,7 +356,7 @@ fn start_vm(vm: &VmHandle) -> (bool, bool) {
     let init = vm.host.inner.init;
     let config = &vm.host.inner.config;
     vm_call(|| init());
-    vm::install_panic_hook();
+    vm::reassert_panic_hook();
     set_effective(vm, ROOT_CONTEXT_ID);
     // SAFETY: the dispatcher's exports take plain integers.
     callback(vm, ROOT_CONTEXT_ID, "proxy_on_context_create", || unsafe {
