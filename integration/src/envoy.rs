@@ -122,6 +122,10 @@ fn docker_image_present(image: &str) -> bool {
 }
 
 /// Why Envoy did not come up. The message carries Envoy's own words.
+/// How long [`Envoy::stats`] waits for wasm counters to be flushed: the
+/// SDK's flush period (250 ms) plus a tick's slack.
+pub const STATS_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(350);
+
 #[derive(Debug)]
 pub struct EnvoyError {
     pub summary: String,
@@ -620,6 +624,10 @@ impl Envoy {
 
     /// Counters and gauges from `/stats?format=json`, by name.
     pub async fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        // Switchyard modules sum counters in the VM and hand them to Envoy
+        // on a tick (every 250 ms at most): wait one flush period so what
+        // the traffic before this call counted is in.
+        tokio::time::sleep(STATS_FLUSH_WAIT).await;
         let body = self.admin_get("/stats?format=json").await?;
         let doc: serde_json::Value = serde_json::from_str(&body)?;
         let mut out = BTreeMap::new();

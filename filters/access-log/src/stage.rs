@@ -71,10 +71,37 @@ impl Source for ExchangeSource<'_> {
     }
 
     fn text(&mut self, attr: Attr) -> Option<&[u8]> {
+        // The router stage's cluster is Envoy's (a `cluster_header` route):
+        // no property read when it ran.
+        if attr == Attr::UpstreamCluster && self.0.decisions.cluster.is_some() {
+            return self.0.decisions.cluster.as_deref().map(str::as_bytes);
+        }
         self.0.property(attr.path())
     }
 
     fn number(&mut self, attr: Attr) -> Option<u64> {
+        match attr {
+            // The final response map's `:status` is `response.code` (the
+            // map is read anyway for the record), one crossing pair less.
+            Attr::ResponseCode => {
+                let status = self
+                    .0
+                    .response()
+                    .get_str(":status")
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                if status.is_some() {
+                    return status;
+                }
+            }
+            // At `on_log` the last byte is out: now − `request.time` is
+            // Envoy's total duration, for one clock read instead of a
+            // property.
+            Attr::Duration => {
+                let start = self.number(Attr::StartTime)?;
+                return Some(self.0.now_nanos().saturating_sub(start));
+            }
+            _ => {}
+        }
         self.0
             .property_int(attr.path())
             .and_then(|n| u64::try_from(n).ok())
