@@ -446,7 +446,6 @@ async fn rls_down_or_slow_follows_the_failure_mode() {
         .run()
         .await
         .unwrap();
-    eprintln!("ENVOY LOGS:\n{}", open.logs());
     assert_eq!(r.status_count(200), 20, "{r:?}");
     assert_eq!(metric(&open, "rls_errors").await, 20);
     assert_eq!(metric(&open, "allowed").await, 20);

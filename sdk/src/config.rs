@@ -197,30 +197,6 @@ fn display_path(path: &serde_path_to_error::Path) -> String {
     if p == "." { String::new() } else { p }
 }
 
-/// Reads and parses this plugin's configuration. On error, logs it at error
-/// level naming the field and returns `None`: return `false` from
-/// `on_configure` then, so Envoy refuses the configuration.
-#[cfg(feature = "host")]
-pub fn load_plugin_config<T>(filter: &str) -> Option<T>
-where
-    T: DeserializeOwned + Validate + Default,
-{
-    let bytes = match crate::host::plugin_configuration() {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("{filter}: cannot read the plugin configuration: {e}");
-            return None;
-        }
-    };
-    match parse::<T>(&bytes) {
-        Ok(config) => Some(config),
-        Err(e) => {
-            log::error!("{filter}: invalid configuration: {e}");
-            None
-        }
-    }
-}
-
 /// Validates every item of a list, reporting `name[i].…` paths.
 pub fn validate_each<'a, T: Validate + 'a>(
     name: &str,

@@ -170,11 +170,6 @@ pub fn plugin_configuration() -> HostResult<Vec<u8>> {
     Ok(buffer(BufferType::PluginConfiguration, 0, usize::MAX)?.unwrap_or_default())
 }
 
-/// The whole VM configuration (empty when none was given).
-pub fn vm_configuration() -> HostResult<Vec<u8>> {
-    Ok(buffer(BufferType::VmConfiguration, 0, usize::MAX)?.unwrap_or_default())
-}
-
 // ---- header maps ----
 
 /// All pairs of a header map; values as bytes.

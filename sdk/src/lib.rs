@@ -10,7 +10,7 @@
 //!   is a [`stage::Stage`], built alone or in a chain module.
 //! - [`headers`]: header maps read once per phase, repeated headers kept.
 //! - [`job`]: periodic work once per interval across workers.
-//! - [`metrics`], [`properties`], [`client_addr`], [`http`], [`logging`].
+//! - [`metrics`], [`properties`], [`client_addr`], [`logging`].
 //!
 //! The pure modules (config, wire, codec, slots, client_addr, lease rules,
 //! callout classification) build without the `host` feature, which is how
@@ -34,8 +34,6 @@ mod abi;
 pub mod dispatch;
 #[cfg(feature = "host")]
 pub mod host;
-#[cfg(feature = "host")]
-pub mod http;
 #[cfg(feature = "host")]
 pub mod logging;
 #[cfg(feature = "host")]

@@ -1,4 +1,4 @@
-//! Counters, gauges and histograms.
+//! Counters and gauges.
 //!
 //! Define each metric once per VM (in the root context) and share the handle;
 //! defining the same name in every VM yields the same Envoy stat, so values
@@ -114,21 +114,5 @@ impl Gauge {
 
     pub fn value(&self) -> Option<u64> {
         host::metric_value(self.0?).ok()
-    }
-}
-
-/// A distribution (latencies, sizes); Envoy computes the quantiles.
-#[derive(Debug, Clone, Copy)]
-pub struct Histogram(Option<u32>);
-
-impl Histogram {
-    pub fn new(name: &str) -> Self {
-        Histogram(define(MetricType::Histogram, name))
-    }
-
-    pub fn record(&self, value: u64) {
-        if let Some(id) = self.0 {
-            let _ = host::record_metric(id, value);
-        }
     }
 }

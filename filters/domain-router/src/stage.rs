@@ -213,6 +213,13 @@ impl DomainRouter {
 impl Stage for DomainRouter {
     fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
         let core = &self.core;
+        // Until this VM has a published table, look for one on every
+        // request, not only on the tick: a worker must not answer "no
+        // route" for a tick after another worker got the first table. Once
+        // loaded, swaps wait for the tick (no shared-data read per request).
+        if core.sync.is_some() && core.loaded_generation() == 0 {
+            core.refresh();
+        }
         let header = core.config.cluster_header.as_str();
         // Whatever the outcome, a client never picks the cluster itself.
         if ex.request().contains(header) {

@@ -909,8 +909,8 @@ fn deliver_grpc_response(vm: &VmHandle, call: &GrpcCall, outcome: GrpcOutcome) {
                 let mut state = vm.state();
                 state.grpc_receive = Some(message);
                 // Envoy delivers callout answers on the root context: a module
-        // must make the sender effective itself (proxy_set_effective_context).
-        state.effective = ROOT_CONTEXT_ID;
+                // must make the sender effective itself (proxy_set_effective_context).
+                state.effective = ROOT_CONTEXT_ID;
             }
             // SAFETY: plain integers.
             callback(vm, call.context_id, "proxy_on_grpc_receive", || unsafe {
@@ -923,8 +923,8 @@ fn deliver_grpc_response(vm: &VmHandle, call: &GrpcCall, outcome: GrpcOutcome) {
                 let mut state = vm.state();
                 state.status = (code, message.into_bytes());
                 // Envoy delivers callout answers on the root context: a module
-        // must make the sender effective itself (proxy_set_effective_context).
-        state.effective = ROOT_CONTEXT_ID;
+                // must make the sender effective itself (proxy_set_effective_context).
+                state.effective = ROOT_CONTEXT_ID;
             }
             // SAFETY: plain integers.
             callback(vm, call.context_id, "proxy_on_grpc_close", || unsafe {
