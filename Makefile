@@ -61,6 +61,9 @@ demo: setup build
 ## Envoy is pinned to core 0, the harness (wrk, backend, latency client) to the rest.
 bench: setup build
 	@command -v wrk >/dev/null || { . scripts/lib.sh; apt_install wrk; }
+	@# Crossings per GET of each variant, counted in the emulator (build/crossings.json).
+	$(CARGO) test -q -p switchyard --test crossings
+	$(CARGO) test -q -p switchyard-fixture-filter --test crossings
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --envoy-cpu 0 $(BENCH_ARGS)
 
