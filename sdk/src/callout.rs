@@ -14,6 +14,8 @@
 use crate::status::HostError;
 #[cfg(feature = "host")]
 pub use dispatch::Callouts;
+#[cfg(feature = "host")]
+pub(crate) use dispatch::{read_grpc_answer, read_http_answer};
 use std::fmt;
 use std::time::Duration;
 
@@ -174,6 +176,41 @@ mod dispatch {
         pending: RefCell<HashMap<u32, Pending>>,
     }
 
+    /// The HTTP callout answer being delivered, as a result.
+    pub(crate) fn read_http_answer(body_size: usize) -> Result<HttpResponse, CalloutError> {
+        host::header_pairs(MapType::HttpCallResponseHeaders)
+            .map_err(|e| CalloutError::Invalid(e.to_string()))
+            .and_then(|headers| {
+                let body = if body_size == 0 {
+                    Vec::new()
+                } else {
+                    host::buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                        .map_err(|e| CalloutError::Invalid(e.to_string()))?
+                        .unwrap_or_default()
+                };
+                classify_http(headers, body)
+            })
+    }
+
+    /// The unary gRPC answer being delivered (`status_code` 0: the message).
+    pub(crate) fn read_grpc_answer(status_code: u32, size: usize) -> Result<Vec<u8>, CalloutError> {
+        if status_code != 0 {
+            let message = host::grpc_status()
+                .ok()
+                .and_then(|(_, m)| m)
+                .map(|m| String::from_utf8_lossy(&m).into_owned())
+                .unwrap_or_default();
+            Err(CalloutError::Grpc {
+                code: status_code,
+                message,
+            })
+        } else {
+            host::buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                .map(Option::unwrap_or_default)
+                .map_err(|e| CalloutError::Invalid(e.to_string()))
+        }
+    }
+
     impl Callouts {
         pub fn new() -> Self {
             Self::default()
@@ -237,45 +274,16 @@ mod dispatch {
 
         /// Forward `on_http_call_response` here. Unknown tokens are ignored.
         pub fn on_http_response(&self, token: u32, body_size: usize) {
-            let Some(Pending::Http(done)) = self.take(token) else {
-                return;
-            };
-            let result = host::header_pairs(MapType::HttpCallResponseHeaders)
-                .map_err(|e| CalloutError::Invalid(e.to_string()))
-                .and_then(|headers| {
-                    let body = if body_size == 0 {
-                        Vec::new()
-                    } else {
-                        host::buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                            .map_err(|e| CalloutError::Invalid(e.to_string()))?
-                            .unwrap_or_default()
-                    };
-                    classify_http(headers, body)
-                });
-            done(result);
+            if let Some(Pending::Http(done)) = self.take(token) {
+                done(read_http_answer(body_size));
+            }
         }
 
         /// Forward `on_grpc_call_response` here. Unknown tokens are ignored.
         pub fn on_grpc_response(&self, token: u32, status_code: u32, response_size: usize) {
-            let Some(Pending::Grpc(done)) = self.take(token) else {
-                return;
-            };
-            let result = if status_code != 0 {
-                let message = host::grpc_status()
-                    .ok()
-                    .and_then(|(_, m)| m)
-                    .map(|m| String::from_utf8_lossy(&m).into_owned())
-                    .unwrap_or_default();
-                Err(CalloutError::Grpc {
-                    code: status_code,
-                    message,
-                })
-            } else {
-                host::buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
-                    .map(Option::unwrap_or_default)
-                    .map_err(|e| CalloutError::Invalid(e.to_string()))
-            };
-            done(result);
+            if let Some(Pending::Grpc(done)) = self.take(token) {
+                done(read_grpc_answer(status_code, response_size));
+            }
         }
 
         fn take(&self, token: u32) -> Option<Pending> {

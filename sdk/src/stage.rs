@@ -22,10 +22,10 @@
 //! Stage code names no proxy-wasm type, so the emulator drives it through
 //! the real ABI and another host ABI could later.
 
-use crate::callout::{CalloutError, HttpRequest, HttpResponse, classify_http};
+use crate::callout::{CalloutError, HttpRequest, HttpResponse, read_grpc_answer, read_http_answer};
 use crate::config::ConfigError;
 use crate::headers::{Edit, HeaderMap, push_edit};
-use crate::host::{self, BufferType, MapType};
+use crate::host::{self, MapType};
 use std::any::Any;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -478,21 +478,7 @@ impl Exchange {
         let Pending::Grpc(done) = pending else {
             return None;
         };
-        let result = if status_code != 0 {
-            let message = host::grpc_status()
-                .ok()
-                .and_then(|(_, m)| m)
-                .map(|m| String::from_utf8_lossy(&m).into_owned())
-                .unwrap_or_default();
-            Err(CalloutError::Grpc {
-                code: status_code,
-                message,
-            })
-        } else {
-            host::buffer(BufferType::GrpcReceiveBuffer, 0, size)
-                .map(Option::unwrap_or_default)
-                .map_err(|e| CalloutError::Invalid(e.to_string()))
-        };
+        let result = read_grpc_answer(status_code, size);
         self.current = stage;
         self.begin_phase();
         Some((stage, phase, done(self, result)))
@@ -509,18 +495,7 @@ impl Exchange {
         let Pending::Http(done) = pending else {
             return None;
         };
-        let result = host::header_pairs(MapType::HttpCallResponseHeaders)
-            .map_err(|e| CalloutError::Invalid(e.to_string()))
-            .and_then(|headers| {
-                let body = if body_size == 0 {
-                    Vec::new()
-                } else {
-                    host::buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                        .map_err(|e| CalloutError::Invalid(e.to_string()))?
-                        .unwrap_or_default()
-                };
-                classify_http(headers, body)
-            });
+        let result = read_http_answer(body_size);
         self.current = stage;
         self.begin_phase();
         Some((stage, phase, done(self, result)))

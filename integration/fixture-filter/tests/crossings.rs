@@ -1,7 +1,6 @@
 //! The SDK fixture's crossings per GET (the `make bench` fixture variant),
 //! held to a budget and recorded in `build/crossings.json`.
 
-use std::collections::BTreeMap;
 use switchyard_emulator::Host;
 
 /// 5 callbacks (context create, request headers, response headers, log,
@@ -37,14 +36,6 @@ fn a_get_stays_within_budget() {
     println!("fixture: {c}");
     assert!(c.total() <= FIXTURE_GET_BUDGET, "{c}");
 
-    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build");
-    if std::fs::create_dir_all(&build).is_ok() {
-        let path = build.join("crossings.json");
-        let mut all: BTreeMap<String, usize> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        all.insert("fixture".into(), c.total());
-        let _ = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default());
-    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/crossings.json");
+    c.record(&path, "fixture");
 }

@@ -116,17 +116,17 @@ fn bench_variants_crossings() {
         ),
         ("access_log", switchyard_access_log::init, access_log()),
     ];
-    let mut separate = 0;
+    let mut separate = Vec::new();
     for (name, init, config) in &singles {
         let c = count(*init, config);
         println!("{name}: {c}");
-        separate += c.total();
-        counts.insert(name.to_string(), c.total());
+        separate.extend(c.0.iter().copied());
+        counts.insert(name.to_string(), c.clone());
         if let Some((_, budget)) = BUDGETS.iter().find(|(n, _)| n == name) {
             assert!(c.total() <= *budget, "{name} over its budget {budget}: {c}");
         }
     }
-    counts.insert("chain_separate".into(), separate);
+    counts.insert("chain_separate".into(), Crossings(separate));
     let chain = json!({"stages": [
         {"domain_router": router()},
         {"rate_limit": rate_limit()},
@@ -135,20 +135,14 @@ fn bench_variants_crossings() {
     ]});
     let c = count(switchyard::init, &chain);
     println!("chain: {c}");
-    counts.insert("chain".into(), c.total());
+    counts.insert("chain".into(), c.clone());
     assert!(
         c.total() <= CHAIN_BUDGET,
         "chain over its budget {CHAIN_BUDGET}: {c}"
     );
 
-    let build = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build");
-    if std::fs::create_dir_all(&build).is_ok() {
-        let path = build.join("crossings.json");
-        let mut all: BTreeMap<String, usize> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        all.extend(counts);
-        let _ = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/crossings.json");
+    for (key, c) in &counts {
+        c.record(&path, key);
     }
 }

@@ -1252,6 +1252,13 @@ impl Crossings {
             .count()
     }
 
+    /// Records `total()` under `key` in the JSON object at `path` (other
+    /// keys kept; the file and its folder created when missing): how the
+    /// crossing tests hand their counts to `make bench`. Best effort.
+    pub fn record(&self, path: &std::path::Path, key: &str) {
+        record_count(path, key, self.total());
+    }
+
     /// Crossings after the first `n` (e.g. those of one phase).
     pub fn since(&self, n: usize) -> Crossings {
         Crossings(self.0.get(n..).unwrap_or_default().to_vec())
@@ -1277,4 +1284,33 @@ impl fmt::Display for Crossings {
         }
         Ok(())
     }
+}
+
+/// Writes `key: count` into the flat JSON object of numbers at `path`.
+fn record_count(path: &std::path::Path, key: &str, count: usize) {
+    let mut entries: Vec<(String, usize)> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once(':')?;
+            Some((
+                k.trim().trim_matches('"').to_string(),
+                v.trim().parse().ok()?,
+            ))
+        })
+        .filter(|(k, _)| k != key)
+        .collect();
+    entries.push((key.to_string(), count));
+    entries.sort();
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v}"))
+        .collect();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, format!("{{\n{}\n}}\n", body.join(",\n")));
 }
