@@ -122,6 +122,30 @@ impl fmt::Display for CalloutError {
 
 impl std::error::Error for CalloutError {}
 
+impl CalloutError {
+    /// What usually causes this error, for a log line an operator can act on.
+    pub fn likely_cause(&self) -> &'static str {
+        match self {
+            // Envoy answers BadArgument, ParseFailure or InternalFailure
+            // depending on the release and the call kind.
+            CalloutError::Dispatch(_) => {
+                "Envoy refused to start the call: the cluster is not defined in Envoy or has no \
+                 healthy hosts"
+            }
+            CalloutError::NoResponse => "the connection was reset or refused",
+            CalloutError::Status(r) if r.status == 503 => {
+                "no healthy upstream, or the upstream is overloaded"
+            }
+            CalloutError::Status(r) if r.status == 504 => "the upstream did not answer in time",
+            CalloutError::Status(_) => "the upstream answered with an error",
+            CalloutError::Grpc { code: 14, .. } => "the service is unavailable (connect failure)",
+            CalloutError::Grpc { code: 4, .. } => "the service did not answer in time",
+            CalloutError::Grpc { .. } => "the service answered with a gRPC error",
+            CalloutError::Invalid(_) => "the answer could not be decoded",
+        }
+    }
+}
+
 /// Turns what Envoy delivered into a result: no `:status` means the stream
 /// failed in transport; non-2xx (Envoy's own 503/504 included) is an error
 /// carrying the response.

@@ -47,3 +47,81 @@ pub fn init() {
         host::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
 }
+
+/// Lines a [`Throttle`] let through or held back, by cause.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    causes: Vec<(String, u64, u64)>,
+}
+
+impl Throttle {
+    /// Whether a line for `cause` may go out at `now_ns` (at most one per
+    /// `period_ns` per cause): `Some(n)` with the lines held back since the
+    /// last one that went out, `None` to hold this one back. At most 64
+    /// causes are tracked; others share one slot.
+    pub fn admit(&mut self, cause: &str, now_ns: u64, period_ns: u64) -> Option<u64> {
+        let i = match self.causes.iter().position(|(c, ..)| c == cause) {
+            Some(i) => i,
+            None if self.causes.len() < 64 => {
+                self.causes.push((cause.to_string(), 0, 0));
+                self.causes.len() - 1
+            }
+            None => self.causes.len() - 1,
+        };
+        let (_, last, held) = &mut self.causes[i];
+        if *last != 0 && now_ns.saturating_sub(*last) < period_ns {
+            *held += 1;
+            return None;
+        }
+        *last = now_ns.max(1);
+        Some(std::mem::take(held))
+    }
+}
+
+thread_local! {
+    static WARNINGS: std::cell::RefCell<Throttle> = std::cell::RefCell::new(Throttle::default());
+}
+
+/// How often one cause of a warning may reach Envoy's log (per VM).
+pub const WARN_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A warning that may recur per request (a service down, shared data
+/// failing): at most one line per [`WARN_PERIOD`] per `cause` and VM, the
+/// next one saying how many were held back, so an outage does not flood
+/// the log. `message` is only built when the line goes out.
+pub fn warn_throttled(cause: &str, message: impl FnOnce() -> String) {
+    if !log::log_enabled!(log::Level::Warn) {
+        return;
+    }
+    let now = host::now_nanos();
+    let period = u64::try_from(WARN_PERIOD.as_nanos()).unwrap_or(u64::MAX);
+    if let Some(held) = WARNINGS.with(|w| w.borrow_mut().admit(cause, now, period)) {
+        if held > 0 {
+            log::warn!(
+                "{} ({held} more like it in the last {}s)",
+                message(),
+                WARN_PERIOD.as_secs()
+            );
+        } else {
+            log::warn!("{}", message());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+
+    #[test]
+    fn one_line_per_period_per_cause_with_the_held_back_count() {
+        let mut t = Throttle::default();
+        let s = 1_000_000_000;
+        assert_eq!(t.admit("rls", 5 * s, 10 * s), Some(0));
+        for i in 0..20 {
+            assert_eq!(t.admit("rls", 5 * s + i, 10 * s), None);
+        }
+        assert_eq!(t.admit("shared", 6 * s, 10 * s), Some(0), "another cause");
+        assert_eq!(t.admit("rls", 15 * s, 10 * s), Some(20));
+        assert_eq!(t.admit("rls", 16 * s, 10 * s), None);
+    }
+}

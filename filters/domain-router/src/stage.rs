@@ -202,9 +202,9 @@ impl DomainRouter {
             self.core.metrics.poll_errors.inc();
             // At most once per poll interval process-wide (the job's claim).
             log::warn!(
-                "{FILTER}: cannot poll the control endpoint: cluster {:?} unknown to Envoy or \
-                 without hosts? ({e})",
-                control.cluster
+                "{FILTER}: cannot poll the control endpoint (cluster {:?}): {e}; likely cause: {}",
+                control.cluster,
+                e.likely_cause()
             );
         }
     }

@@ -70,7 +70,9 @@ impl Store {
                 self.table.get().ok().flatten()
             }
             Err(e) => {
-                log::warn!("{FILTER}: reading the endpoint table: {e}");
+                switchyard_sdk::logging::warn_throttled("load-balancer/table", || {
+                    format!("{FILTER}: reading the endpoint table: {e}")
+                });
                 None
             }
         }

@@ -115,7 +115,9 @@ impl Stage for RateLimit {
                 StoreError::Contended => m.cas_exhausted.inc(),
                 StoreError::Host(why) => {
                     m.store_errors.inc();
-                    log::warn!("{}: shared data failed, request denied: {why}", crate::NAME);
+                    switchyard_sdk::logging::warn_throttled("rate-limit/shared-data", || {
+                        format!("{}: shared data failed, request denied: {why}", crate::NAME)
+                    });
                 }
             }
         }
@@ -251,10 +253,24 @@ fn precheck(
 /// Applies the failure mode: [`Flow::Continue`] (fail open) or the error reply.
 fn service_failed(f: &Filter, ex: &mut Exchange, e: &CalloutError) -> Flow {
     f.metrics.rls_errors.inc();
-    log::warn!("{}: rate limit service failed: {e}", crate::NAME);
     let Some(g) = &f.config.global else {
         return Flow::Continue;
     };
+    // One line per cause per 10 s, not one per request during an outage.
+    let cause = match e {
+        CalloutError::Dispatch(_) => "rate-limit/rls-dispatch",
+        CalloutError::Grpc { .. } => "rate-limit/rls-grpc",
+        _ => "rate-limit/rls-other",
+    };
+    switchyard_sdk::logging::warn_throttled(cause, || {
+        format!(
+            "{}: rate limit service (cluster {:?}) failed: {e}; likely cause: {}; failure mode {:?}",
+            crate::NAME,
+            g.cluster,
+            e.likely_cause(),
+            g.failure_mode
+        )
+    });
     match g.failure_mode {
         FailureMode::Open => {
             allow(f, ex);

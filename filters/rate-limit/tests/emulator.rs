@@ -389,3 +389,32 @@ fn precheck_can_be_turned_off() {
     assert_eq!(host.grpc_calls().len(), 1);
     assert_eq!(metric(&host, "rls_precheck_limited"), 0);
 }
+
+#[test]
+fn an_rls_outage_logs_one_line_per_cause_per_period_naming_the_cluster() {
+    let host = Host::new(switchyard_rate_limit::init)
+        .plugin_config(GLOBAL.replace("FAILURE", "open"))
+        .clusters(["other"])
+        .build();
+    let w = host.start_worker();
+    for i in 0..50 {
+        let (_, action) = send(&w, &format!("10.0.0.{}:9", i % 200), &[]);
+        assert_eq!(action, Action::Continue);
+    }
+    assert_eq!(metric(&host, "rls_errors"), 50);
+    let lines = host.logs_containing("rate limit service");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].message.contains("cluster \"rls\""), "{lines:?}");
+    assert!(
+        lines[0]
+            .message
+            .contains("not defined in Envoy or has no healthy hosts"),
+        "{lines:?}"
+    );
+    // After the period, one more line says how many were held back.
+    host.advance(std::time::Duration::from_secs(11));
+    send(&w, "10.0.0.1:9", &[]);
+    let lines = host.logs_containing("rate limit service");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].message.contains("49 more like it"), "{lines:?}");
+}
