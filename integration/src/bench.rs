@@ -103,6 +103,9 @@ pub struct BenchConfig {
     pub open_loop_duration: Duration,
     /// Core for Envoy; the caller runs on the others.
     pub envoy_cpu: usize,
+    /// Only variants whose name contains one of these (empty: all); the
+    /// baseline always runs, and the LB quality run is skipped.
+    pub only: Vec<String>,
 }
 
 impl Default for BenchConfig {
@@ -115,6 +118,7 @@ impl Default for BenchConfig {
             open_loop_rps: 4000.0,
             open_loop_duration: Duration::from_secs(3),
             envoy_cpu: 0,
+            only: Vec::new(),
         }
     }
 }
@@ -536,6 +540,19 @@ pub fn standard_variants() -> Vec<Variant> {
                 wasm_filter("access-log", "switchyard_access_log", &access_log_config()),
             )
             .crossings("access_log"),
+        Variant::new(
+            "access-log (collector sink: shared queue and batches, no Envoy log line)",
+            sy("access-log-nosink"),
+            BASE,
+        )
+        .partial(
+            "filters",
+            wasm_filter(
+                "access-log",
+                "switchyard_access_log",
+                &serde_json::json!({"log": {"enabled": false}, "http": {"cluster": "backend"}}),
+            ),
+        ),
         Variant::new("native JSON file access log", native("access-log"), BASE).partial(
             "hcm_extra",
             include_str!("../templates/bench/native-access-log.yaml"),
@@ -627,6 +644,7 @@ pub const GOAL_CHAIN_P99_VS_BASELINE: f64 = 1.5;
 fn native_group(group: &str) -> &str {
     match group {
         "chain-separate" => "chain",
+        "access-log-nosink" => "access-log",
         "domain-router-100k" => "domain-router",
         g => g,
     }
@@ -653,7 +671,7 @@ fn goal_text(group: &str, v: &VariantResult, vs_native: Option<f64>, p99_ratio: 
             "≥ {GOAL_ACCESS_LOG_RATIO_VS_NATIVE}× native: {}",
             verdict(r >= GOAL_ACCESS_LOG_RATIO_VS_NATIVE)
         ),
-        ("chain-separate" | "domain-router-100k", _) => String::new(),
+        ("chain-separate" | "domain-router-100k" | "access-log-nosink", _) => String::new(),
         (_, Some(r)) => format!(
             "≥ {GOAL_STAGE_RATIO_VS_NATIVE}× native: {}",
             verdict(r >= GOAL_STAGE_RATIO_VS_NATIVE)
@@ -952,9 +970,21 @@ pub fn lb_quality_markdown(rows: &[LbQuality], cfg: &LbQualityConfig) -> String 
 pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<()> {
     let started = std::time::Instant::now();
     let progress = |step: &str| eprintln!("bench: {step}");
-    let report = run(&standard_variants(), cfg, progress).await?;
+    let variants: Vec<Variant> = standard_variants()
+        .into_iter()
+        .filter(|v| {
+            v.role == Role::Baseline
+                || cfg.only.is_empty()
+                || cfg.only.iter().any(|o| v.name.contains(o.as_str()))
+        })
+        .collect();
+    let report = run(&variants, cfg, progress).await?;
     let lb_cfg = LbQualityConfig::default();
-    let lb = lb_quality(&lb_cfg, cfg.envoy_cpu, progress).await?;
+    let lb = if cfg.only.is_empty() {
+        lb_quality(&lb_cfg, cfg.envoy_cpu, progress).await?
+    } else {
+        Vec::new()
+    };
     std::fs::create_dir_all(out)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

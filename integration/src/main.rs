@@ -91,6 +91,10 @@ enum Command {
         /// Core to pin Envoy to (run the harness on another one).
         #[arg(long, default_value_t = 0)]
         envoy_cpu: usize,
+        /// Only the variants whose name contains one of these (the
+        /// baseline always runs); skips the load-balancing quality run.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -176,11 +180,13 @@ async fn real_main() -> Result<ExitCode> {
             seconds,
             out,
             envoy_cpu,
+            only,
         } => {
             let cfg = bench::BenchConfig {
                 rounds,
                 duration: Duration::from_secs(seconds),
                 envoy_cpu,
+                only,
                 ..bench::BenchConfig::default()
             };
             bench_main(&cfg, &out).await.map(|()| ExitCode::SUCCESS)

@@ -44,6 +44,10 @@ pub struct Config {
     pub redact: Vec<String>,
     /// What a redacted value is replaced with.
     pub redaction: String,
+    /// Query parameters whose values are replaced with `redaction` in the
+    /// logged path (names matched ASCII case-insensitively): tokens, keys
+    /// and passwords clients put in URLs.
+    pub redact_query_params: Vec<String>,
     /// Longest string value in a record, in bytes (cut on a character
     /// boundary, `…` appended).
     pub max_field_bytes: usize,
@@ -61,6 +65,7 @@ impl Default for Config {
             response_headers: Vec::new(),
             redact: DEFAULT_REDACT.iter().map(|s| s.to_string()).collect(),
             redaction: "[REDACTED]".into(),
+            redact_query_params: DEFAULT_REDACT_QUERY.iter().map(|s| s.to_string()).collect(),
             max_field_bytes: 2048,
             sampling: Sampling::default(),
             log: LogSink::default(),
@@ -70,6 +75,25 @@ impl Default for Config {
 }
 
 /// Redacted unless the configuration says otherwise.
+/// Query parameters redacted by default: the names OAuth 2.0 (RFC 6749,
+/// RFC 6750 §2.3 `access_token`), API-key schemes and signed URLs use.
+pub const DEFAULT_REDACT_QUERY: [&str; 14] = [
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "token",
+    "code",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+];
+
 pub const DEFAULT_REDACT: [&str; 4] = [
     "authorization",
     "cookie",

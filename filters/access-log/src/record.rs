@@ -325,6 +325,44 @@ fn path(request: &HeaderMap) -> Option<&[u8]> {
         .or_else(|| request.get(":path"))
 }
 
+/// `path` with the values of the query parameters named in `names`
+/// (ASCII case-insensitive, also when percent-encoded names differ only in
+/// case) replaced by `marker`; borrowed when nothing is redacted.
+pub fn redact_query<'a>(path: &'a [u8], names: &[String], marker: &str) -> Cow<'a, [u8]> {
+    let Some(q) = path.iter().position(|b| *b == b'?') else {
+        return Cow::Borrowed(path);
+    };
+    let (head, query) = path.split_at(q + 1);
+    // The fragment (clients should not send one) is kept as it is.
+    let end = query.iter().position(|b| *b == b'#').unwrap_or(query.len());
+    let (query, fragment) = query.split_at(end);
+    let secret = |param: &[u8]| {
+        let name = param.split(|b| *b == b'=').next().unwrap_or_default();
+        param.contains(&b'=')
+            && names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+    };
+    if !query.split(|b| *b == b'&').any(secret) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = head.to_vec();
+    for (i, param) in query.split(|b| *b == b'&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        if secret(param) {
+            let name_len = param.iter().position(|b| *b == b'=').unwrap_or(param.len());
+            out.extend_from_slice(&param[..=name_len.min(param.len() - 1)]);
+            out.extend_from_slice(marker.as_bytes());
+        } else {
+            out.extend_from_slice(param);
+        }
+    }
+    out.extend_from_slice(fragment);
+    Cow::Owned(out)
+}
+
 /// `x-envoy-upstream-service-time` in ms.
 fn upstream_service_time(response: &HeaderMap) -> Option<u64> {
     response
@@ -509,7 +547,9 @@ pub fn line(config: &Config, src: &mut (impl Source + ?Sized)) -> String {
 fn envoy_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
     o.put("start_time", src.number(Attr::StartTime).map(Val::Time));
     o.put("method", header(src.request(), ":method"));
-    o.put("path", path(src.request()).map(|p| Val::Header(":path", p)));
+    let logged = path(src.request())
+        .map(|p| redact_query(p, &o.config.redact_query_params, &o.config.redaction));
+    o.put("path", logged.as_deref().map(|p| Val::Header(":path", p)));
     o.put("protocol", attr_text(src, Attr::Protocol));
     o.put(
         "response_code",
@@ -572,7 +612,9 @@ fn otel_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
     let max = o.config.max_field_bytes;
     o.put("timestamp", src.number(Attr::StartTime).map(Val::Time));
     o.put("http.request.method", header(src.request(), ":method"));
-    if let Some(p) = path(src.request()) {
+    let logged = path(src.request())
+        .map(|p| redact_query(p, &o.config.redact_query_params, &o.config.redaction));
+    if let Some(p) = logged.as_deref() {
         if o.redacted(":path") {
             o.put("url.path", Some(Val::Header(":path", p)));
         } else {
@@ -810,6 +852,35 @@ mod tests {
         assert_eq!(v["http.request.header.cookie"][0], "[REDACTED]");
         assert_eq!(v["switchyard.route"], "checkout");
         assert!(v.get("switchyard.ratelimit").is_none(), "absent: left out");
+    }
+
+    #[test]
+    fn secret_query_parameters_are_redacted_in_the_path() {
+        let names: Vec<String> = crate::config::DEFAULT_REDACT_QUERY
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = |p: &str| {
+            String::from_utf8(redact_query(p.as_bytes(), &names, "[R]").into_owned()).unwrap()
+        };
+        assert_eq!(
+            r("/a?access_token=xyz&page=2"),
+            "/a?access_token=[R]&page=2"
+        );
+        assert_eq!(
+            r("/a?page=2&API_KEY=k1&password=p#frag"),
+            "/a?page=2&API_KEY=[R]&password=[R]#frag"
+        );
+        assert_eq!(
+            r("/a?tokenized=1&token"),
+            "/a?tokenized=1&token",
+            "names match whole; no value: kept"
+        );
+        assert_eq!(r("/plain"), "/plain");
+        assert!(matches!(
+            redact_query(b"/a?x=1", &names, "[R]"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
