@@ -577,3 +577,50 @@ async fn malformed_reports_are_counted_and_never_fail_a_request() {
         assert!(get(&format!("reports_rejected.{reason}")) >= 50, "{reason}");
     }
 }
+
+/// Retries never reach a draining endpoint, however many the route allows:
+/// A, B, C answer 503, S is draining; `retry_on: 5xx` with 5 retries. The
+/// override-host list covers every attempt with picked endpoints, so
+/// Envoy's fallback policy (which would pick from the whole cluster) never
+/// runs. Before the list was padded, S got 4–5 of 20 requests with 2
+/// retries and 18 of 20 with 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_never_reach_a_draining_endpoint() {
+    let failing = |n: &str| BackendSpec::new(n).error_rate(1.0);
+    let a = Backend::start(failing("a")).await.unwrap();
+    let b = Backend::start(failing("b")).await.unwrap();
+    let c = Backend::start(failing("c")).await.unwrap();
+    let s = Backend::start(BackendSpec::new("s")).await.unwrap();
+    let d = DiscoveryServer::start().await.unwrap();
+    let ep = |backend: &Backend, state: &str| json!({"address": backend.addr().to_string(), "name": backend.name(), "state": state});
+    d.set_endpoints(json!([
+        ep(&a, "active"),
+        ep(&b, "active"),
+        ep(&c, "active"),
+        ep(&s, "draining")
+    ]));
+    let template = TEMPLATE
+        .replace(
+            "retry_on: reset,connect-failure",
+            "retry_on: 5xx,reset,connect-failure",
+        )
+        .replace("num_retries: 2", "num_retries: 5");
+    let (config, disc) = discovery_config(&d, json!({"retry_hosts": 2}));
+    let envoy = start(&template, &[&a, &b, &c, &s], config, Some(disc)).await;
+    for _ in 0..50 {
+        if stat(&envoy, "discovery_ok").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.reset_stats();
+    let r = run(&envoy, 20).await;
+    assert_eq!(r.sent, 20, "{}", r.summary_table());
+    assert_eq!(
+        s.stats().requests,
+        0,
+        "the draining endpoint got requests: {}",
+        r.summary_table()
+    );
+    assert_eq!(r.status_count(503), 20, "{}", r.summary_table());
+}

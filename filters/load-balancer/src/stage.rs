@@ -241,12 +241,11 @@ impl LoadBalancer {
         };
         let value = match config.mode {
             Mode::Endpoint => {
-                let mut v = first.address.clone();
-                for e in pick.retries.iter().filter_map(|&r| t.endpoints.get(r)) {
-                    v.push(',');
-                    v.push_str(&e.address);
-                }
-                v
+                let listed: Vec<&str> = std::iter::once(pick.first)
+                    .chain(pick.retries.iter().copied())
+                    .filter_map(|i| t.endpoints.get(i).map(|e| e.address.as_str()))
+                    .collect();
+                override_host_list(&listed)
             }
             Mode::OriginalDst | Mode::Cluster => first.address.clone(),
         };
@@ -503,8 +502,38 @@ impl Stage for LoadBalancer {
     }
 }
 
+/// Entries of the override-host header: Envoy takes one per attempt and,
+/// once the list is used up, lets the cluster's fallback policy pick from
+/// the whole cluster — draining and ejected endpoints included. So the
+/// list is padded to this length by repeating the picked endpoints: a route
+/// with up to 10 retries never leaves them.
+pub const LISTED_ATTEMPTS: usize = 11;
+
+/// `first,retry,...` for `override_host`, padded to [`LISTED_ATTEMPTS`]
+/// entries by cycling through the picked endpoints (which are all eligible).
+pub fn override_host_list(picked: &[&str]) -> String {
+    let mut v = String::new();
+    for (i, addr) in picked.iter().cycle().take(LISTED_ATTEMPTS).enumerate() {
+        if i > 0 {
+            v.push(',');
+        }
+        v.push_str(addr);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_override_list_covers_ten_retries_with_picked_endpoints_only() {
+        let v = super::override_host_list(&["a:1", "b:1", "c:1"]);
+        assert_eq!(v.split(',').count(), super::LISTED_ATTEMPTS);
+        assert_eq!(&v[..11], "a:1,b:1,c:1");
+        assert!(v.split(',').all(|e| ["a:1", "b:1", "c:1"].contains(&e)));
+        assert_eq!(super::override_host_list(&["a:1"]).split(',').count(), 11);
+        assert_eq!(super::override_host_list(&[]), "");
+    }
+
     use super::*;
 
     #[test]

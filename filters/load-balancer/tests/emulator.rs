@@ -64,8 +64,11 @@ fn picks_by_configured_weight_and_removes_forged_headers() {
         );
         let pick = pick.expect("a pick");
         let hosts: Vec<&str> = pick.split(',').collect();
-        assert_eq!(hosts.len(), 2, "pick then one retry host: {pick}");
+        // The pick, one distinct retry host, then the two again: one entry
+        // per attempt for up to 10 retries, never another endpoint.
+        assert_eq!(hosts.len(), 11, "pick, retry host, repeated: {pick}");
         assert_ne!(hosts[0], hosts[1]);
+        assert!(hosts.chunks(2).all(|c| c[0] == hosts[0]), "{pick}");
         assert!(!pick.contains("6.6.6.6"));
         assert_eq!(s.request_header("x-envoy-original-dst-host"), None);
         counts[usize::from(hosts[0] == B)] += 1;
