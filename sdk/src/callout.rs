@@ -15,7 +15,7 @@ use crate::status::HostError;
 #[cfg(feature = "host")]
 pub use dispatch::Callouts;
 #[cfg(feature = "host")]
-pub(crate) use dispatch::{read_grpc_answer, read_http_answer};
+pub(crate) use dispatch::{read_grpc_answer, read_http_answer, send_http};
 use std::fmt;
 use std::time::Duration;
 
@@ -200,6 +200,19 @@ mod dispatch {
         pending: RefCell<HashMap<u32, Pending>>,
     }
 
+    /// Sends `req` (pseudo-headers from its fields); the token, or Envoy's
+    /// refusal.
+    pub(crate) fn send_http(req: &HttpRequest) -> Result<u32, CalloutError> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", &req.method),
+            (":path", &req.path),
+            (":authority", &req.authority),
+        ];
+        headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        host::dispatch_http_call(&req.cluster, &headers, req.body.as_deref(), req.timeout)
+            .map_err(CalloutError::Dispatch)
+    }
+
     /// The HTTP callout answer being delivered, as a result.
     pub(crate) fn read_http_answer(body_size: usize) -> Result<HttpResponse, CalloutError> {
         host::header_pairs(MapType::HttpCallResponseHeaders)
@@ -252,15 +265,7 @@ mod dispatch {
             req: HttpRequest,
             done: impl FnOnce(Result<HttpResponse, CalloutError>) + 'static,
         ) -> Result<u32, CalloutError> {
-            let mut headers: Vec<(&str, &str)> = vec![
-                (":method", &req.method),
-                (":path", &req.path),
-                (":authority", &req.authority),
-            ];
-            headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            let token =
-                host::dispatch_http_call(&req.cluster, &headers, req.body.as_deref(), req.timeout)
-                    .map_err(CalloutError::Dispatch)?;
+            let token = send_http(&req)?;
             self.pending
                 .borrow_mut()
                 .insert(token, Pending::Http(Box::new(done)));

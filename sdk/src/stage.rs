@@ -22,7 +22,9 @@
 //! Stage code names no proxy-wasm type, so the emulator drives it through
 //! the real ABI and another host ABI could later.
 
-use crate::callout::{CalloutError, HttpRequest, HttpResponse, read_grpc_answer, read_http_answer};
+use crate::callout::{
+    CalloutError, HttpRequest, HttpResponse, read_grpc_answer, read_http_answer, send_http,
+};
 use crate::config::ConfigError;
 use crate::headers::{Edit, HeaderMap, push_edit};
 use crate::host::{self, MapType};
@@ -435,15 +437,7 @@ impl Exchange {
         req: HttpRequest,
         done: impl FnOnce(&mut Exchange, Result<HttpResponse, CalloutError>) -> Flow + 'static,
     ) -> Result<(), CalloutError> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", &req.method),
-            (":path", &req.path),
-            (":authority", &req.authority),
-        ];
-        headers.extend(req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let token =
-            host::dispatch_http_call(&req.cluster, &headers, req.body.as_deref(), req.timeout)
-                .map_err(CalloutError::Dispatch)?;
+        let token = send_http(&req)?;
         self.pending
             .push((token, self.current, phase, Pending::Http(Box::new(done))));
         Ok(())
