@@ -15,7 +15,7 @@ use crate::status::HostError;
 #[cfg(feature = "host")]
 pub use dispatch::Callouts;
 #[cfg(feature = "host")]
-pub(crate) use dispatch::{read_grpc_answer, read_http_answer, send_http};
+pub(crate) use dispatch::{decode_grpc, read_grpc_answer, read_http_answer, send_grpc, send_http};
 use std::fmt;
 use std::time::Duration;
 
@@ -213,6 +213,29 @@ mod dispatch {
             .map_err(CalloutError::Dispatch)
     }
 
+    /// Sends a unary gRPC call with a prost message; the token, or Envoy's
+    /// refusal.
+    pub(crate) fn send_grpc<Req: prost::Message>(
+        cluster: &str,
+        service: &str,
+        method: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<u32, CalloutError> {
+        let bytes = request.encode_to_vec();
+        host::dispatch_grpc_call(cluster, service, method, &[], &bytes, timeout)
+            .map_err(CalloutError::Dispatch)
+    }
+
+    /// A gRPC answer's message decoded as `Resp`.
+    pub(crate) fn decode_grpc<Resp: prost::Message + Default>(
+        answer: Result<Vec<u8>, CalloutError>,
+    ) -> Result<Resp, CalloutError> {
+        answer.and_then(|b| {
+            Resp::decode(b.as_slice()).map_err(|e| CalloutError::Invalid(e.to_string()))
+        })
+    }
+
     /// The HTTP callout answer being delivered, as a result.
     pub(crate) fn read_http_answer(body_size: usize) -> Result<HttpResponse, CalloutError> {
         host::header_pairs(MapType::HttpCallResponseHeaders)
@@ -287,14 +310,8 @@ mod dispatch {
             Req: prost::Message,
             Resp: prost::Message + Default,
         {
-            let bytes = request.encode_to_vec();
-            let token = host::dispatch_grpc_call(cluster, service, method, &[], &bytes, timeout)
-                .map_err(CalloutError::Dispatch)?;
-            let decode = move |r: Result<Vec<u8>, CalloutError>| {
-                done(r.and_then(|b| {
-                    Resp::decode(b.as_slice()).map_err(|e| CalloutError::Invalid(e.to_string()))
-                }))
-            };
+            let token = send_grpc(cluster, service, method, request, timeout)?;
+            let decode = move |r: Result<Vec<u8>, CalloutError>| done(decode_grpc(r));
             self.pending
                 .borrow_mut()
                 .insert(token, Pending::Grpc(Box::new(decode)));

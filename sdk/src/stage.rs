@@ -23,7 +23,8 @@
 //! the real ABI and another host ABI could later.
 
 use crate::callout::{
-    CalloutError, HttpRequest, HttpResponse, read_grpc_answer, read_http_answer, send_http,
+    CalloutError, HttpRequest, HttpResponse, decode_grpc, read_grpc_answer, read_http_answer,
+    send_grpc, send_http,
 };
 use crate::config::ConfigError;
 use crate::headers::{Edit, HeaderMap, push_edit};
@@ -414,17 +415,9 @@ impl Exchange {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let bytes = request.encode_to_vec();
-        let token = host::dispatch_grpc_call(cluster, service, method, &[], &bytes, timeout)
-            .map_err(CalloutError::Dispatch)?;
-        let decode = move |ex: &mut Exchange, r: Result<Vec<u8>, CalloutError>| {
-            done(
-                ex,
-                r.and_then(|b| {
-                    Resp::decode(b.as_slice()).map_err(|e| CalloutError::Invalid(e.to_string()))
-                }),
-            )
-        };
+        let token = send_grpc(cluster, service, method, request, timeout)?;
+        let decode =
+            move |ex: &mut Exchange, r: Result<Vec<u8>, CalloutError>| done(ex, decode_grpc(r));
         self.pending
             .push((token, self.current, phase, Pending::Grpc(Box::new(decode))));
         Ok(())
