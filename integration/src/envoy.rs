@@ -649,6 +649,12 @@ impl Envoy {
         self.run.log()
     }
 
+    /// The run's scratch directory (the template's `run_dir`; files Envoy
+    /// writes there, such as file access logs, can be read back).
+    pub fn run_dir(&self) -> &Path {
+        self.run.path()
+    }
+
     /// Stops Envoy now (what `Drop` does, made explicit).
     pub fn stop(self) {}
 

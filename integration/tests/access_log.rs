@@ -546,3 +546,133 @@ async fn otel_naming_and_otlp_batches() {
         ("api.test:8080", "/v/5?k=v")
     );
 }
+
+/// Sends one HTTP/1.1 GET from `peer_ip` (a loopback address) with the
+/// given X-Forwarded-For and returns the status line.
+async fn get_from(peer_ip: &str, to: SocketAddr, request_id: &str, xff: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(peer_ip.parse().unwrap(), 0))
+        .unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let xff = xff.map_or(String::new(), |v| format!("x-forwarded-for: {v}\r\n"));
+    let req = format!(
+        "GET /who HTTP/1.1\r\nhost: shop.test\r\nx-request-id: {request_id}\r\n{xff}connection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Issue 12, item 3: the filters' client address is the one Envoy itself
+/// determines, in every topology: direct client, a front proxy on loopback
+/// (Envoy then appends its own address to XFF, not the peer's), a front
+/// proxy on another address, `use_remote_address` true and false, and
+/// 0–2 trusted hops. A differential test: for each request, the record's
+/// `client_address` equals Envoy's `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_is_envoys_own_in_every_topology() {
+    let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
+    let collector = Collector::start().await.unwrap();
+    let xffs: [Option<&str>; 8] = [
+        None,
+        Some("7.7.7.7"),
+        Some("6.6.6.6, 7.7.7.7"),
+        Some("5.5.5.5,6.6.6.6, 7.7.7.7"),
+        Some("forged-garbage, 7.7.7.7"),
+        Some("7.7.7.7, not-an-ip"),
+        Some("2001:db8::7"),
+        Some("1.1.1.1, 127.0.0.1"),
+    ];
+    // 127.0.0.1: a client or proxy on Envoy's own address; 127.0.0.2: a
+    // front proxy on another (loopback, as tests must be) address.
+    let peers = ["127.0.0.1", "127.0.0.2"];
+    let mut compared = 0;
+    for use_remote_address in [true, false] {
+        for hops in 0..=2u32 {
+            let topology = format!("use_remote_address {use_remote_address}, {hops} trusted hops");
+            let addr = backend.addr();
+            let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
+                .var(
+                    "access_log_config",
+                    json!({"log": {"enabled": true}}).to_string(),
+                )
+                .var(
+                    "backends",
+                    vec![json!({"ip": addr.ip().to_string(), "port": addr.port()})],
+                )
+                .var("collector_port", collector.addr().port())
+                .var("inject", false)
+                .var("use_remote_address", use_remote_address)
+                .var("xff_num_trusted_hops", hops)
+                .var("native_client_log", true)
+                .concurrency(2)
+                .start()
+                .await
+                .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));
+            let ingress = envoy.listener("ingress").unwrap();
+            let mut ids = Vec::new();
+            for peer in peers {
+                for (i, xff) in xffs.iter().enumerate() {
+                    let id = format!("ca-{peer}-{i}");
+                    let status = get_from(peer, ingress, &id, *xff).await;
+                    assert!(status.contains(" 200 "), "{topology}: {status}");
+                    ids.push((id, peer, *xff));
+                }
+            }
+            // Envoy flushes file access logs about once a second.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let (native, records) = loop {
+                let logs = std::fs::read_to_string(envoy.run_dir().join("native_client.log"))
+                    .unwrap_or_default();
+                let native: std::collections::HashMap<String, String> = logs
+                    .lines()
+                    .filter_map(|l| {
+                        let rest = &l[l.find("native-client ")? + "native-client ".len()..];
+                        let (id, addr) = rest.trim().split_once(' ')?;
+                        Some((id.to_string(), addr.to_string()))
+                    })
+                    .collect();
+                let records: std::collections::HashMap<String, Value> = log_records(&envoy)
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter_map(|v| Some((v["request_id"].as_str()?.to_string(), v)))
+                    .collect();
+                let complete = ids
+                    .iter()
+                    .all(|(id, ..)| native.contains_key(id) && records.contains_key(id));
+                if complete || Instant::now() > deadline {
+                    break (native, records);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            for (id, peer, xff) in &ids {
+                let envoys = native
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{topology}: no native line for {id}"));
+                let ours = &records
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{topology}: no record for {id}"))["client_address"];
+                assert_eq!(
+                    ours.as_str(),
+                    Some(envoys.as_str()),
+                    "{topology}, peer {peer}, XFF {xff:?}"
+                );
+                compared += 1;
+            }
+            // The issue's case: `<anything>, 7.7.7.7` from 127.0.0.1 with one
+            // trusted hop at the edge is client 7.7.7.7.
+            if use_remote_address && hops == 1 {
+                let r = &records["ca-127.0.0.1-4"];
+                assert_eq!(r["client_address"], "7.7.7.7", "{r}");
+            }
+        }
+    }
+    assert_eq!(compared, 6 * peers.len() * xffs.len());
+}

@@ -1,26 +1,36 @@
-//! Which address is the client's.
+//! Which address is the client's: the one Envoy itself determined.
 //!
-//! Every proxy in front of Envoy appends the address it received the request
-//! from to `X-Forwarded-For`, so the entries are trustworthy only from the
-//! right: the leftmost one is whatever the client wrote. With `trusted_hops`
-//! proxies in front of Envoy that you operate, the client is the entry those
-//! proxies saw, counted from the right.
+//! Envoy's HTTP connection manager decides the downstream address once per
+//! request and exposes it as the `source.address` attribute; its own RBAC,
+//! rate-limit descriptors and access logs use the same value. Switchyard's
+//! stages read that value and never walk `X-Forwarded-For` themselves: a
+//! second walk disagrees with Envoy in some topology (with
+//! `use_remote_address: true` and a loopback peer, Envoy appends its *own*
+//! address to XFF, so "the last entry is the peer" is false) and applies the
+//! hop count twice in others.
 //!
-//! Envoy configuration this assumes (checked in real Envoy):
-//! - HCM `use_remote_address: true` (the edge setting): then `source.address`
-//!   is the TCP peer. The list considered is the XFF entries followed by the
-//!   peer, unless Envoy already appended the peer (so `skip_xff_append` may
-//!   be either), and the client is entry `trusted_hops` counted from the
-//!   right, 0 being the peer.
-//! - With Envoy's default `use_remote_address: false`, Envoy itself has
-//!   already replaced `source.address` with an XFF entry (chosen by its
-//!   `xff_num_trusted_hops`): use `trusted_hops: 0` here, or the hop count
-//!   is applied twice and a forged entry can win.
+//! How to configure Envoy (HCM fields; Envoy's "IP address detection" and
+//! `config_http_conn_man_headers_x-forwarded-for` docs):
+//! - Edge (clients connect to Envoy directly): `use_remote_address: true`,
+//!   `xff_num_trusted_hops: 0`. The client is the TCP peer.
+//! - Behind N proxies you operate that append to XFF (TLS terminator, cloud
+//!   load balancer, sidecar): `use_remote_address: true`,
+//!   `xff_num_trusted_hops: N`. The client is the N-th XFF entry from the
+//!   right, as Envoy received it.
+//! - `use_remote_address: false` (Envoy's default) takes the client from XFF
+//!   even when nothing trusted wrote it: a directly connected client chooses
+//!   its own address. Use it only when every request passes a proxy you
+//!   operate.
 //!
-//! A list shorter than needed (the request bypassed the trusted proxies)
-//! yields the leftmost available entry, which is the best anyone can know.
+//! The filters' former `trusted_hops` setting is refused when non-zero
+//! ([`TRUSTED_HOPS_MOVED`]): the hop count belongs to Envoy.
 
 use std::net::IpAddr;
+
+/// The configuration error for a non-zero `trusted_hops` in a filter.
+pub const TRUSTED_HOPS_MOVED: &str = "must be 0: the client address is the one Envoy determines \
+     (source.address); set use_remote_address: true and xff_num_trusted_hops: N on the HTTP \
+     connection manager instead";
 
 /// Parses `ip`, `ip:port`, `[v6]:port` or `[v6]` into an IP address.
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -38,48 +48,6 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
     host.parse().ok()
 }
 
-/// The client address given the peer address, the `X-Forwarded-For` value
-/// and the number of trusted proxy hops in front of Envoy.
-///
-/// Unparseable XFF entries end the walk: a proxy we trust writes valid
-/// addresses, so garbage means we reached the part the client wrote, and the
-/// last good entry is used.
-pub fn client_address(peer: Option<&str>, xff: Option<&[u8]>, trusted_hops: u32) -> Option<IpAddr> {
-    let peer_ip = peer.and_then(parse_ip);
-    if trusted_hops == 0 {
-        return peer_ip;
-    }
-    let xff = xff.map(String::from_utf8_lossy).unwrap_or_default();
-    let mut entries: Vec<&str> = xff
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    // Walk right to left: entry 0 is the peer.
-    let mut hops: Vec<Option<IpAddr>> = Vec::with_capacity(entries.len() + 1);
-    let last_is_peer = match (entries.last(), peer_ip) {
-        (Some(last), Some(p)) => parse_ip(last) == Some(p),
-        _ => false,
-    };
-    if !last_is_peer {
-        hops.push(peer_ip);
-    }
-    entries.reverse();
-    hops.extend(entries.iter().map(|e| parse_ip(e)));
-
-    let mut best = None;
-    for (i, hop) in hops.into_iter().enumerate() {
-        match hop {
-            Some(ip) => best = Some(ip),
-            None => break,
-        }
-        if i as u32 == trusted_hops {
-            break;
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,65 +59,15 @@ mod tests {
     }
 
     #[test]
-    fn no_trusted_hops_means_the_peer() {
-        let got = client_address(Some("10.0.0.9:5555"), Some(b"1.1.1.1, 2.2.2.2"), 0);
-        assert_eq!(got, ip("10.0.0.9"));
-    }
-
-    #[test]
-    fn one_trusted_hop_takes_what_that_proxy_appended() {
-        // Client 7.7.7.7 forged "6.6.6.6"; proxy 10.0.0.9 appended 7.7.7.7.
-        let got = client_address(Some("10.0.0.9:5555"), Some(b"6.6.6.6, 7.7.7.7"), 1);
-        assert_eq!(got, ip("7.7.7.7"));
-    }
-
-    #[test]
-    fn same_answer_when_envoy_appended_the_peer_itself() {
-        let got = client_address(
-            Some("10.0.0.9:5555"),
-            Some(b"6.6.6.6, 7.7.7.7, 10.0.0.9"),
-            1,
-        );
-        assert_eq!(got, ip("7.7.7.7"));
-    }
-
-    #[test]
-    fn two_trusted_hops() {
-        let got = client_address(Some("10.0.0.2:1"), Some(b"6.6.6.6,7.7.7.7,10.0.0.1"), 2);
-        assert_eq!(got, ip("7.7.7.7"));
-    }
-
-    #[test]
-    fn forged_leftmost_entries_never_win() {
-        for forged in ["1.2.3.4", "1.2.3.4, 5.6.7.8", "9.9.9.9,8.8.8.8,1.1.1.1"] {
-            let xff = format!("{forged}, 7.7.7.7");
-            let got = client_address(Some("10.0.0.9:1"), Some(xff.as_bytes()), 1);
-            assert_eq!(got, ip("7.7.7.7"), "{xff}");
-        }
-    }
-
-    #[test]
-    fn short_list_uses_what_exists() {
-        assert_eq!(client_address(Some("10.0.0.9:1"), None, 1), ip("10.0.0.9"));
-        assert_eq!(
-            client_address(Some("10.0.0.9:1"), Some(b"7.7.7.7"), 3),
-            ip("7.7.7.7")
-        );
-    }
-
-    #[test]
-    fn garbage_stops_the_walk() {
-        let got = client_address(Some("10.0.0.9:1"), Some(b"7.7.7.7, not-an-ip"), 2);
-        assert_eq!(got, ip("10.0.0.9"));
-    }
-
-    #[test]
-    fn ipv6_forms() {
+    fn address_forms() {
+        assert_eq!(parse_ip("10.0.0.9:5555"), ip("10.0.0.9"));
+        assert_eq!(parse_ip(" 7.7.7.7 "), ip("7.7.7.7"));
         assert_eq!(parse_ip("[::1]:80"), ip("::1"));
         assert_eq!(parse_ip("::1"), ip("::1"));
         assert_eq!(parse_ip("[2001:db8::1]"), ip("2001:db8::1"));
         assert_eq!(parse_ip("1.2.3.4:99999"), None);
-        let got = client_address(Some("[::1]:9"), Some(b"2001:db8::7"), 1);
-        assert_eq!(got, ip("2001:db8::7"));
+        assert_eq!(parse_ip("not-an-ip"), None);
+        assert_eq!(parse_ip("[::1"), None);
+        assert_eq!(parse_ip(""), None);
     }
 }

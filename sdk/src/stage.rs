@@ -339,15 +339,13 @@ impl Exchange {
     }
 
     /// The client's IP address: the downstream address Envoy determined
-    /// (`source.address`), with `trusted_hops` further X-Forwarded-For
-    /// entries walked from the right (see [`crate::client_addr`]).
-    pub fn client_address(&mut self, trusted_hops: u32) -> Option<IpAddr> {
-        let peer = self.property_str(&["source", "address"]);
-        if trusted_hops == 0 {
-            return peer.as_deref().and_then(crate::client_addr::parse_ip);
-        }
-        let xff = self.request().joined("x-forwarded-for");
-        crate::client_addr::client_address(peer.as_deref(), xff.as_deref(), trusted_hops)
+    /// (`source.address`, port dropped), memoised. Envoy's
+    /// `use_remote_address` and `xff_num_trusted_hops` decide it; see
+    /// [`crate::client_addr`].
+    pub fn client_address(&mut self) -> Option<IpAddr> {
+        self.property(&["source", "address"])
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(crate::client_addr::parse_ip)
     }
 
     /// This stage's per-request state (created on first use).

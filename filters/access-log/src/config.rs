@@ -33,8 +33,9 @@ pub enum Format {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub naming: Naming,
-    /// Proxies in front of Envoy that append to X-Forwarded-For and are
-    /// trusted; 0 = the client is the TCP peer.
+    /// Must be 0 (kept so that older configurations get a clear error): the
+    /// client address is Envoy's own (`source.address`; Envoy's
+    /// `xff_num_trusted_hops` decides it, see `switchyard_sdk::client_addr`).
     pub trusted_hops: u32,
     /// Request headers copied into the record (lowercase names).
     pub request_headers: Vec<String>,
@@ -242,7 +243,11 @@ impl Validate for Config {
             "redaction",
             "must be at most 64 bytes",
         )?;
-        ensure(self.trusted_hops <= 16, "trusted_hops", "must be <= 16")?;
+        ensure(
+            self.trusted_hops == 0,
+            "trusted_hops",
+            switchyard_sdk::client_addr::TRUSTED_HOPS_MOVED,
+        )?;
         ensure(
             self.sampling.rate.is_finite() && (0.0..=1.0).contains(&self.sampling.rate),
             "sampling.rate",

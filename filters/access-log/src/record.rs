@@ -80,9 +80,9 @@ pub trait Source {
     fn text(&mut self, attr: Attr) -> Option<&[u8]>;
     /// An integer attribute; `None` when absent or negative.
     fn number(&mut self, attr: Attr) -> Option<u64>;
-    /// The client: the peer, or the X-Forwarded-For entry `trusted_hops`
-    /// from the right (`switchyard_sdk::client_addr`).
-    fn client_address(&mut self, trusted_hops: u32) -> Option<IpAddr>;
+    /// The client address Envoy determined (`source.address` without the
+    /// port; `switchyard_sdk::client_addr`).
+    fn client_address(&mut self) -> Option<IpAddr>;
     /// Decisions of the stages that ran before in the same module; all
     /// `None` when the access log runs alone.
     fn decisions(&self) -> &Decisions;
@@ -119,7 +119,7 @@ pub struct Facts {
     pub route_name: Option<String>,
     /// [`Attr::PeerAddress`].
     pub downstream_remote_address: Option<String>,
-    /// The client (whatever `trusted_hops` is asked for).
+    /// The client address.
     pub client_address: Option<IpAddr>,
     /// Decisions of earlier stages.
     pub decisions: Decisions,
@@ -159,7 +159,7 @@ impl Source for Facts {
         }
     }
 
-    fn client_address(&mut self, _trusted_hops: u32) -> Option<IpAddr> {
+    fn client_address(&mut self) -> Option<IpAddr> {
         self.client_address
     }
 
@@ -588,8 +588,7 @@ fn envoy_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
         "response_code_details",
         attr_text(src, Attr::ResponseCodeDetails),
     );
-    let hops = o.config.trusted_hops;
-    o.put("client_address", src.client_address(hops).map(Val::Ip));
+    o.put("client_address", src.client_address().map(Val::Ip));
     let d = src.decisions();
     o.put("switchyard_route", decision(&d.route));
     o.put("switchyard_endpoint", decision(&d.endpoint));
@@ -691,8 +690,7 @@ fn otel_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
             o.put("server.port", port.map(|p| Val::Num(p.into())));
         }
     }
-    let hops = o.config.trusted_hops;
-    o.put("client.address", src.client_address(hops).map(Val::Ip));
+    o.put("client.address", src.client_address().map(Val::Ip));
     if let Some(peer) = src.text(Attr::PeerAddress) {
         let peer = String::from_utf8_lossy(peer);
         let (ip, port) = split_authority(&peer);
@@ -983,8 +981,8 @@ mod tests {
             self.attrs.push(attr);
             self.facts.number(attr)
         }
-        fn client_address(&mut self, hops: u32) -> Option<IpAddr> {
-            self.facts.client_address(hops)
+        fn client_address(&mut self) -> Option<IpAddr> {
+            self.facts.client_address()
         }
         fn decisions(&self) -> &Decisions {
             self.facts.decisions()

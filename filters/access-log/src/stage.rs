@@ -107,8 +107,8 @@ impl Source for ExchangeSource<'_> {
             .and_then(|n| u64::try_from(n).ok())
     }
 
-    fn client_address(&mut self, trusted_hops: u32) -> Option<IpAddr> {
-        self.0.client_address(trusted_hops)
+    fn client_address(&mut self) -> Option<IpAddr> {
+        self.0.client_address()
     }
 
     fn decisions(&self) -> &Decisions {

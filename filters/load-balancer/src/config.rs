@@ -157,7 +157,9 @@ pub struct HashConfig {
     pub header: Option<String>,
     pub cookie: Option<String>,
     pub client_address: bool,
-    /// Proxies in front of Envoy whose X-Forwarded-For entries are trusted.
+    /// Must be 0 (kept so that older configurations get a clear error): the
+    /// client address is Envoy's own (`source.address`; Envoy's
+    /// `xff_num_trusted_hops` decides it, see `switchyard_sdk::client_addr`).
     pub trusted_hops: u32,
     /// Maglev table size (prime).
     pub table_size: u32,
@@ -455,7 +457,11 @@ impl Validate for HashConfig {
                 "must be a cookie name",
             )?;
         }
-        ensure(self.trusted_hops <= 16, "trusted_hops", "must be <= 16")?;
+        ensure(
+            self.trusted_hops == 0,
+            "trusted_hops",
+            switchyard_sdk::client_addr::TRUSTED_HOPS_MOVED,
+        )?;
         ensure(
             self.table_size <= MAX_TABLE_SIZE && maglev::is_prime(self.table_size),
             "table_size",

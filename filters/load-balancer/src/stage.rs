@@ -194,7 +194,7 @@ impl LoadBalancer {
             return ex.request().cookie(name).map(fnv1a64);
         }
         if h.client_address {
-            let ip = ex.client_address(h.trusted_hops)?;
+            let ip = ex.client_address()?;
             return Some(fnv1a64(ip.to_string().as_bytes()));
         }
         None

@@ -2,7 +2,6 @@
 //!
 //! ```json
 //! {
-//!   "trusted_hops": 1,
 //!   "rules": [{
 //!     "name": "per-client",
 //!     "match": {"path_prefix": "/api/", "methods": ["GET", "POST"]},
@@ -14,6 +13,7 @@
 //! ```
 
 use serde::Deserialize;
+use switchyard_sdk::client_addr::TRUSTED_HOPS_MOVED;
 use switchyard_sdk::config::{ConfigError, Validate, ensure, validate_each};
 
 /// Largest slot count: 4 Mi slots is ~1 GiB of shared data in the worst case.
@@ -26,8 +26,9 @@ pub const MAX_BURST: u32 = 1_000_000;
 pub struct Config {
     /// Rules; every matching rule applies and the strictest decides.
     pub rules: Vec<Rule>,
-    /// Proxies in front of Envoy that append to X-Forwarded-For (0: the
-    /// client is the TCP peer, `source.address`).
+    /// Must be 0 (kept so that older configurations get a clear error): the
+    /// client address is Envoy's own (`source.address`; Envoy's
+    /// `xff_num_trusted_hops` decides it, see `switchyard_sdk::client_addr`).
     pub trusted_hops: u32,
     /// Shared-data slots for local buckets: the memory bound (each slot is one
     /// shared-data key with a 16-byte value, see README).
@@ -146,9 +147,8 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyPart {
-    /// The client address: `source.address`, or the X-Forwarded-For entry
-    /// `trusted_hops` from the right (never the leftmost). Descriptor key
-    /// `remote_address`.
+    /// The client address Envoy determined (`source.address` without the
+    /// port). Descriptor key `remote_address`.
     ClientAddress {
         #[serde(default)]
         descriptor_key: Option<String>,
@@ -317,7 +317,7 @@ impl Validate for Config {
             "slots",
             "must be between 1 and 4194304",
         )?;
-        ensure(self.trusted_hops <= 32, "trusted_hops", "must be <= 32")?;
+        ensure(self.trusted_hops == 0, "trusted_hops", TRUSTED_HOPS_MOVED)?;
         ensure(
             (1..=1000).contains(&self.cas_attempts),
             "cas_attempts",
@@ -505,7 +505,7 @@ mod tests {
     fn full_example_parses() {
         let c: Config = parse(
             br#"{
-              "trusted_hops": 1, "slots": 1024,
+              "slots": 1024,
               "response": {"status": 503, "headers_on_allowed": true},
               "global": {"cluster": "rls", "domain": "edge", "failure_mode": "closed"},
               "rules": [
@@ -594,5 +594,15 @@ mod tests {
         );
         let e = err(r#"{"rulez": []}"#);
         assert!(e.contains("unknown field `rulez`"), "{e}");
+    }
+
+    #[test]
+    fn the_hop_count_belongs_to_envoy() {
+        // A filter-side hop count disagrees with Envoy's own client address
+        // in some topology (issue 12, item 3): refused, pointing at Envoy's.
+        let e = err(r#"{"trusted_hops": 1}"#);
+        assert!(e.starts_with("trusted_hops: must be 0"), "{e}");
+        assert!(e.contains("xff_num_trusted_hops"), "{e}");
+        assert!(parse::<Config>(br#"{"trusted_hops": 0}"#).is_ok());
     }
 }

@@ -4,14 +4,15 @@
 
 use crate::config::{HeaderMatch, KeyPart, Match, Missing, Rule};
 use std::cell::OnceCell;
-use switchyard_sdk::client_addr;
+use std::net::IpAddr;
 
 /// Where request attributes come from. Values are bytes: clients send anything.
 pub trait RequestSource {
     /// A request header (lowercase name; pseudo-headers included).
     fn header(&self, name: &str) -> Option<Vec<u8>>;
-    /// `source.address`, e.g. `10.0.0.1:5555`.
-    fn peer_address(&self) -> Option<String>;
+    /// The client address Envoy determined (`source.address` without the
+    /// port; see `switchyard_sdk::client_addr`).
+    fn client_address(&self) -> Option<IpAddr>;
     /// `xds.route_name`.
     fn route_name(&self) -> Option<String>;
 }
@@ -19,7 +20,6 @@ pub trait RequestSource {
 /// A request with the attributes several rules read computed once.
 pub struct Request<'a, S: RequestSource> {
     source: &'a S,
-    trusted_hops: u32,
     path: OnceCell<Option<String>>,
     host: OnceCell<Option<String>>,
     method: OnceCell<Option<String>>,
@@ -28,10 +28,9 @@ pub struct Request<'a, S: RequestSource> {
 }
 
 impl<'a, S: RequestSource> Request<'a, S> {
-    pub fn new(source: &'a S, trusted_hops: u32) -> Self {
+    pub fn new(source: &'a S) -> Self {
         Request {
             source,
-            trusted_hops,
             path: OnceCell::new(),
             host: OnceCell::new(),
             method: OnceCell::new(),
@@ -71,19 +70,10 @@ impl<'a, S: RequestSource> Request<'a, S> {
             .as_deref()
     }
 
-    /// The client address per `trusted_hops` (never the leftmost XFF entry).
+    /// The client address Envoy determined, as text.
     pub fn client_address(&self) -> Option<&str> {
         self.client
-            .get_or_init(|| {
-                let peer = self.source.peer_address();
-                let xff = if self.trusted_hops > 0 {
-                    self.source.header("x-forwarded-for")
-                } else {
-                    None
-                };
-                client_addr::client_address(peer.as_deref(), xff.as_deref(), self.trusted_hops)
-                    .map(|ip| ip.to_string())
-            })
+            .get_or_init(|| self.source.client_address().map(|ip| ip.to_string()))
             .as_deref()
     }
 
@@ -262,7 +252,7 @@ mod tests {
     #[derive(Default)]
     pub struct Fake {
         headers: BTreeMap<String, Vec<u8>>,
-        peer: Option<String>,
+        peer: Option<IpAddr>,
         route: Option<String>,
     }
 
@@ -273,7 +263,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                     .collect(),
-                peer: Some("10.0.0.9:4000".into()),
+                peer: "7.7.7.7".parse().ok(),
                 route: Some("r1".into()),
             }
         }
@@ -283,8 +273,8 @@ mod tests {
         fn header(&self, name: &str) -> Option<Vec<u8>> {
             self.headers.get(name).cloned()
         }
-        fn peer_address(&self) -> Option<String> {
-            self.peer.clone()
+        fn client_address(&self) -> Option<IpAddr> {
+            self.peer
         }
         fn route_name(&self) -> Option<String> {
             self.route.clone()
@@ -334,7 +324,7 @@ mod tests {
             ("x-tier", "free"),
         ];
         let ok = Fake::new(&base);
-        assert!(matches(&r.matcher, &Request::new(&ok, 0)));
+        assert!(matches(&r.matcher, &Request::new(&ok)));
         let mut variants = Vec::new();
         for (i, bad) in [
             (":authority", "other.test"),
@@ -354,7 +344,7 @@ mod tests {
         variants.push(Fake::new(&skip));
         variants.push(Fake::new(&base[1..]));
         for f in &variants {
-            assert!(!matches(&r.matcher, &Request::new(f, 0)));
+            assert!(!matches(&r.matcher, &Request::new(f)));
         }
         // The query is not part of the path.
         let exact = rule(
@@ -362,15 +352,15 @@ mod tests {
         );
         assert!(matches(
             &exact.matcher,
-            &Request::new(&Fake::new(&[(":path", "/x?q#f")]), 0)
+            &Request::new(&Fake::new(&[(":path", "/x?q#f")]))
         ));
         assert!(!matches(
             &exact.matcher,
-            &Request::new(&Fake::new(&[(":path", "/xy")]), 0)
+            &Request::new(&Fake::new(&[(":path", "/xy")]))
         ));
         // Empty match: everything.
         let all = rule(r#"{"name": "a", "limit": {"requests": 1, "per": "second"}}"#);
-        assert!(matches(&all.matcher, &Request::new(&Fake::default(), 0)));
+        assert!(matches(&all.matcher, &Request::new(&Fake::default())));
     }
 
     #[test]
@@ -386,7 +376,7 @@ mod tests {
             (":authority", "H.test:1"),
             ("x-forwarded-for", "6.6.6.6, 7.7.7.7"),
         ]);
-        let parts = key_parts(&r, &Request::new(&f, 1)).unwrap();
+        let parts = key_parts(&r, &Request::new(&f)).unwrap();
         let as_str: Vec<Option<String>> = parts
             .iter()
             .map(|p| p.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
@@ -402,14 +392,11 @@ mod tests {
                 Some("r1".into())
             ]
         );
-        // trusted_hops 0: the peer, whatever XFF says.
-        let parts0 = key_parts(&r, &Request::new(&f, 0)).unwrap();
-        assert_eq!(parts0[0].as_deref(), Some(&b"10.0.0.9"[..]));
         let skip = rule(
             r#"{"name": "a", "limit": {"requests": 1, "per": "second"},
                 "key": [{"type": "header", "name": "x-key", "missing": "skip_rule"}]}"#,
         );
-        assert_eq!(key_parts(&skip, &Request::new(&f, 0)), None);
+        assert_eq!(key_parts(&skip, &Request::new(&f)), None);
         let entries = descriptor_entries(&r, &parts);
         assert_eq!(entries[0], ("remote_address".into(), "7.7.7.7".into()));
         assert_eq!(entries[1], ("x-key".into(), MISSING_VALUE.into()));
@@ -432,16 +419,16 @@ mod tests {
     }
 
     #[test]
-    fn forged_leftmost_xff_gives_the_same_key() {
+    fn the_key_is_envoys_client_address_whatever_xff_says() {
         let r = rule(
             r#"{"name": "a", "limit": {"requests": 1, "per": "second"}, "key": [{"type": "client_address"}]}"#,
         );
-        let keys: Vec<Vec<u8>> = ["1.1.1.1", "2.2.2.2, 3.3.3.3", "garbage"]
+        let keys: Vec<Vec<u8>> = ["1.1.1.1", "2.2.2.2, 3.3.3.3", "garbage", "7.7.7.7"]
             .iter()
             .map(|forged| {
-                let xff = format!("{forged}, 7.7.7.7");
+                let xff = format!("{forged}, 8.8.8.8");
                 let f = Fake::new(&[("x-forwarded-for", &xff)]);
-                local_key("a", &key_parts(&r, &Request::new(&f, 1)).unwrap())
+                local_key("a", &key_parts(&r, &Request::new(&f)).unwrap())
             })
             .collect();
         assert!(keys.windows(2).all(|w| w[0] == w[1]));

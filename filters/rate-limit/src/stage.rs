@@ -41,8 +41,8 @@ impl RequestSource for ExchangeSource<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.0.borrow_mut().request().get(name).map(<[u8]>::to_vec)
     }
-    fn peer_address(&self) -> Option<String> {
-        self.0.borrow_mut().property_str(&["source", "address"])
+    fn client_address(&self) -> Option<std::net::IpAddr> {
+        self.0.borrow_mut().client_address()
     }
     fn route_name(&self) -> Option<String> {
         self.0.borrow_mut().property_str(&["xds", "route_name"])
@@ -69,7 +69,7 @@ impl Stage for RateLimit {
         let mut globals = Vec::new();
         {
             let source = ExchangeSource(RefCell::new(&mut *ex));
-            let req = Request::new(&source, f.config.trusted_hops);
+            let req = Request::new(&source);
             for (i, rule) in f.config.rules.iter().enumerate() {
                 if !request::matches(&rule.matcher, &req) {
                     continue;

@@ -126,25 +126,39 @@ fn shadow_mode_lets_everything_through_and_counts() {
 }
 
 #[test]
-fn forged_leftmost_xff_does_not_give_a_fresh_bucket() {
+fn the_client_is_envoys_source_address_whatever_xff_says() {
     let host = host(
-        r#"{"trusted_hops": 1, "rules": [{"name": "c", "key": [{"type": "client_address"}],
+        r#"{"rules": [{"name": "c", "key": [{"type": "client_address"}],
             "limit": {"requests": 1, "per": "minute", "burst": 3}}]}"#,
     );
     let w = host.start_worker();
+    // Envoy determined 198.51.100.7 (from XFF under xff_num_trusted_hops,
+    // so port 0); the forged entries vary and never give a fresh bucket.
     let admitted = (0..20)
         .filter(|i| {
             let xff = format!("203.0.113.{i}, 198.51.100.7");
-            allowed(&w, "127.0.0.1:5", &[("x-forwarded-for", &xff)])
+            allowed(&w, "198.51.100.7:0", &[("x-forwarded-for", &xff)])
         })
         .count();
     assert_eq!(admitted, 3);
-    // The real client differs (the entry the trusted proxy appended): fresh bucket.
+    // Another client behind the same proxy: its own bucket, even when it
+    // writes the first client's address into XFF.
     assert!(allowed(
         &w,
-        "127.0.0.1:5",
-        &[("x-forwarded-for", "203.0.113.1, 198.51.100.8")]
+        "198.51.100.8:0",
+        &[("x-forwarded-for", "198.51.100.7")]
     ));
+    // A filter-side hop count is refused: Envoy's decides.
+    let refused = self::host(r#"{"trusted_hops": 1}"#);
+    assert!(!refused.start_worker().configured());
+    assert!(
+        refused
+            .logs()
+            .iter()
+            .any(|l| l.message.contains("trusted_hops: must be 0")),
+        "{:?}",
+        refused.logs()
+    );
 }
 
 #[test]

@@ -247,7 +247,7 @@ name: t
 envoy:
   filters:
     - load_balancer: {endpoints: [b], config: {policy: p2c}}
-    - access_log: {sink: collector, config: {trusted_hops: 1}}
+    - access_log: {sink: collector, config: {sampling: {rate: 0.5}}}
     - rate_limit: {}
 backends: [{name: a}, {name: b, cluster: other}]
 traffic: [{name: f, requests: [{host: x}], phases: [{duration: 1s, rate: 1}]}]
@@ -281,7 +281,7 @@ traffic: [{name: f, requests: [{host: x}], phases: [{duration: 1s, rate: 1}]}]
         let al = filter_config(&s, &s.envoy.filters[1], &infra);
         assert_eq!(al["http"]["cluster"], "collector");
         assert_eq!(al["log"]["enabled"], false);
-        assert_eq!(al["trusted_hops"], 1);
+        assert_eq!(al["sampling"]["rate"], 0.5);
         assert_eq!(filter_config(&s, &s.envoy.filters[2], &infra), json!({}));
     }
 }

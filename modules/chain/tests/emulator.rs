@@ -17,7 +17,6 @@ const DEMO: &str = r#"{"stages": [
       {"name": "api", "domains": ["api.example.com"], "rules": [{"name": "api", "cluster": "api"}]}]},
     "no_match": {"action": "local_reply", "status": 404, "body": {"error": "no_route"}}}},
   {"rate_limit": {
-    "trusted_hops": 1,
     "rules": [{"name": "api-per-client", "match": {"domains": ["api.example.com"]},
                "key": [{"type": "client_address"}],
                "limit": {"requests": 10, "per": "second", "burst": 10}}]}},
@@ -28,7 +27,7 @@ const DEMO: &str = r#"{"stages": [
     "endpoints": [{"address": "127.0.0.1:9001", "name": "small"},
                   {"address": "127.0.0.1:9002", "name": "medium"},
                   {"address": "127.0.0.1:9003", "name": "large"}]}},
-  {"access_log": {"trusted_hops": 1, "log": {"enabled": true},
+  {"access_log": {"log": {"enabled": true},
                   "http": {"cluster": "collector", "flush_interval_ms": 250}}}
 ]}"#;
 

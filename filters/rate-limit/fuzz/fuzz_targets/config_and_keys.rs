@@ -25,8 +25,8 @@ impl RequestSource for Fuzzed {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     }
-    fn peer_address(&self) -> Option<String> {
-        self.peer.clone()
+    fn client_address(&self) -> Option<std::net::IpAddr> {
+        self.peer.as_deref().and_then(switchyard_sdk::client_addr::parse_ip)
     }
     fn route_name(&self) -> Option<String> {
         self.route.clone()
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let source = parse_request(req);
-    let request = Request::new(&source, config.trusted_hops);
+    let request = Request::new(&source);
     let table = SlotTable::new(config.shared_prefix.as_str(), config.slots);
     for rule in &config.rules {
         if !request::matches(&rule.matcher, &request) {

@@ -9,7 +9,10 @@ fn int(v: i64) -> Vec<u8> {
 
 /// What Envoy knows when the request headers arrive.
 pub fn set(s: &Stream) {
-    s.set_property(&["source", "address"], "127.0.0.1:40000");
+    // The demo's Envoy (`use_remote_address`, `xff_num_trusted_hops: 1`)
+    // takes the client from the `x-forwarded-for: 7.7.7.7` the tests send;
+    // an address from XFF has port 0.
+    s.set_property(&["source", "address"], "7.7.7.7:0");
     s.set_property(&["request", "time"], int(1_764_480_000_000_000_000));
     s.set_property(&["request", "protocol"], "HTTP/1.1");
     s.set_property(&["xds", "route_name"], "routed");
