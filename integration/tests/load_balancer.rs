@@ -624,3 +624,88 @@ async fn retries_never_reach_a_draining_endpoint() {
     );
     assert_eq!(r.status_count(503), 20, "{}", r.summary_table());
 }
+
+/// Issue 12, item 7: a backend that reports itself idle (utilization
+/// 0.0001, rps 10 000) while failing 2 of 3 requests (never 3 in a row, so
+/// never ejected). With the filter's own observations (default) its share
+/// stays ≤ 1/3 and the error rate falls; with them off (the old behaviour,
+/// and Envoy's CSWRR) the report wins, capped by `max_weight_ratio` at
+/// 10 × the median weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_lying_about_its_load_does_not_take_the_traffic() {
+    let a = Backend::start(
+        BackendSpec::new("a")
+            .orca(OrcaFormat::Text)
+            .orca_fixed(report(0.5)),
+    )
+    .await
+    .unwrap();
+    let b = Backend::start(
+        BackendSpec::new("b")
+            .orca(OrcaFormat::Text)
+            .orca_fixed(report(0.5)),
+    )
+    .await
+    .unwrap();
+    let liar = Backend::start(
+        BackendSpec::new("liar")
+            .orca(OrcaFormat::Text)
+            .error_rate(2.0 / 3.0)
+            .orca_fixed(LoadReport::new().application(0.0001).rps(10_000.0)),
+    )
+    .await
+    .unwrap();
+    let names = ["a", "b", "liar"];
+    let mut results = Vec::new();
+    for observe in [true, false] {
+        let window = if observe { 10_000 } else { 0 };
+        let config = json!({
+            "endpoints": [endpoint(&a), endpoint(&b), endpoint(&liar)],
+            "weighted_round_robin": fast_wrr(),
+            // Concurrent answers interleave, so "never 3 in a row" at the
+            // backend can be 3 in a row here: a higher threshold keeps the
+            // issue's setting (the liar is never ejected).
+            "passive_health": {"consecutive_failures": 10, "success_rate": {"window_ms": window}},
+        });
+        let envoy = start(TEMPLATE, &[&a, &b, &liar], config, None).await;
+        // First half: blackout, reports and observations accumulate.
+        let _ = run(&envoy, 300).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let _ = run(&envoy, 300).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Second half: what is measured.
+        let r = run(&envoy, 1500).await;
+        let got = shares(&r, &names);
+        let errors = 1.0 - r.success_count() as f64 / r.completed as f64;
+        println!(
+            "observing {observe}: shares {got:?}, error rate {errors:.3}, weights {} {} {}, reports {} rejected {}",
+            stat(&envoy, "weight.a").await,
+            stat(&envoy, "weight.b").await,
+            stat(&envoy, "weight.liar").await,
+            stat(&envoy, "reports_accepted").await,
+            stat(&envoy, "reports_rejected").await,
+        );
+        assert_eq!(stat(&envoy, "ejections").await, 0, "never ejected");
+        results.push((r.share("liar"), errors));
+    }
+    let (with, without) = (results[0], results[1]);
+    assert!(
+        with.0 <= 1.0 / 3.0,
+        "liar share {:.3} with observations",
+        with.0
+    );
+    assert!(
+        without.0 > 0.6,
+        "control: the report should win without observations ({:.3})",
+        without.0
+    );
+    assert!(
+        without.0 <= 10.0 / 12.0 + 0.03,
+        "max_weight_ratio 10 holds: {:.3}",
+        without.0
+    );
+    assert!(
+        with.1 < without.1 / 2.0,
+        "error rate {with:?} vs {without:?}"
+    );
+}

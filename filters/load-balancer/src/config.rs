@@ -186,6 +186,31 @@ pub struct HealthConfig {
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
     pub max_ejected_percent: u32,
+    /// Observed failures override self-reported load (`crate::observed`).
+    pub success_rate: SuccessRateConfig,
+}
+
+/// The observed-failure rule of [`crate::observed`], per worker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuccessRateConfig {
+    /// How far back answers count, ms (0: off).
+    pub window_ms: u64,
+    /// Answers an endpoint needs in the window before it is judged.
+    pub request_volume: u32,
+    /// How much worse than the level's best failure fraction (0..1) an
+    /// endpoint may be before it is penalised.
+    pub margin: f64,
+}
+
+impl Default for SuccessRateConfig {
+    fn default() -> Self {
+        SuccessRateConfig {
+            window_ms: 10_000,
+            request_volume: 20,
+            margin: 0.1,
+        }
+    }
 }
 
 impl Default for HealthConfig {
@@ -196,6 +221,7 @@ impl Default for HealthConfig {
             base_ejection_ms: 30_000,
             max_ejection_ms: 300_000,
             max_ejected_percent: 50,
+            success_rate: SuccessRateConfig::default(),
         }
     }
 }
@@ -491,6 +517,22 @@ impl Validate for HealthConfig {
             self.max_ejected_percent <= 100,
             "max_ejected_percent",
             "must be <= 100",
+        )?;
+        let s = &self.success_rate;
+        ensure(
+            s.window_ms == 0 || (100..=3_600_000).contains(&s.window_ms),
+            "success_rate.window_ms",
+            "must be 0 (off) or between 100 and 3600000",
+        )?;
+        ensure(
+            s.request_volume >= 1,
+            "success_rate.request_volume",
+            "must be >= 1",
+        )?;
+        ensure(
+            s.margin.is_finite() && (0.0..1.0).contains(&s.margin),
+            "success_rate.margin",
+            "must be in [0, 1)",
         )
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod health;
 pub mod maglev;
+pub mod observed;
 pub mod orca;
 pub mod picker;
 pub mod priority;

@@ -8,6 +8,7 @@
 
 use crate::config::{Config, Policy};
 use crate::maglev::{self, Maglev};
+use crate::observed::{self, Observed};
 use crate::table::{self, Table};
 use crate::weights::Edf;
 
@@ -25,6 +26,9 @@ struct Level {
     edf: Edf,
     /// Configured weights of `members`, for random and P2C.
     weights: Vec<u32>,
+    /// Relative success of members penalised for observed failures
+    /// ([`crate::observed`]), for P2C.
+    penalties: Vec<Option<f64>>,
     /// Built lazily for consistent hashing, keyed by the member set.
     maglev: Option<(Vec<(String, u32)>, Maglev)>,
 }
@@ -60,6 +64,8 @@ pub struct Picker {
     pub version: u64,
     /// Endpoint count of that table (a cheap guard besides the version).
     pub endpoints: usize,
+    /// [`crate::observed::Observed::generation`] this was built with.
+    pub observed_generation: u64,
     levels: Vec<Level>,
     loads: Vec<u32>,
     level_edf: Edf,
@@ -74,14 +80,18 @@ pub struct Picker {
 impl Picker {
     /// Builds the picker for `table` at `now_ns`. `previous` lends its
     /// Maglev tables when a level's member set did not change (they are the
-    /// expensive part).
+    /// expensive part). `observed` is this worker's view of the endpoints'
+    /// answers; its failures override self-reported load (see
+    /// [`crate::observed`]).
     pub fn build(
         table: &Table,
         config: &Config,
         now_ns: u64,
         phase: f64,
         previous: Option<Picker>,
+        observed: &Observed,
     ) -> Picker {
+        let rate = &config.passive_health.success_rate;
         let (mut levels, mut loads) =
             table::healthy_levels(table, now_ns, config.overprovisioning_factor);
         let panic = loads.iter().all(|l| *l == 0);
@@ -116,16 +126,30 @@ impl Picker {
                     members.iter().map(|&i| table.endpoints[i].weight).collect();
                 let any_dynamic =
                     use_dynamic && members.iter().any(|&i| table.endpoints[i].dyn_weight > 0.0);
-                let edf_weights = members.iter().zip(&weights).map(|(&i, &w)| {
-                    let e = &table.endpoints[i];
-                    let w = if any_dynamic {
-                        e.dyn_weight
-                    } else {
-                        f64::from(w)
-                    };
-                    // Slots are stable while an endpoint stays: the carry key.
-                    (i, u64::from(e.slot), w)
-                });
+                let failures: Vec<Option<f64>> = members
+                    .iter()
+                    .map(|&i| {
+                        observed.failure_fraction(table.endpoints[i].slot, rate.request_volume)
+                    })
+                    .collect();
+                let penalties = observed::penalties(&failures, rate.margin);
+                let mut level_weights: Vec<f64> = members
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&i, &w)| {
+                        if any_dynamic {
+                            table.endpoints[i].dyn_weight
+                        } else {
+                            f64::from(w)
+                        }
+                    })
+                    .collect();
+                observed::penalise_weights(&mut level_weights, &penalties);
+                // Slots are stable while an endpoint stays: the carry key.
+                let edf_weights = members
+                    .iter()
+                    .zip(&level_weights)
+                    .map(|(&i, &w)| (i, u64::from(table.endpoints[i].slot), w));
                 let prev_edf = old_edfs
                     .iter()
                     .find(|(p, _)| *p == priority)
@@ -157,6 +181,7 @@ impl Picker {
                     members,
                     edf,
                     weights,
+                    penalties,
                     maglev,
                 }
             })
@@ -173,6 +198,7 @@ impl Picker {
         Picker {
             version: table.version,
             endpoints: table.endpoints.len(),
+            observed_generation: observed.generation,
             levels: built,
             loads,
             level_edf,
@@ -287,8 +313,14 @@ fn p2c(l: &Level, rng: &mut Rng, inputs: &dyn Fn(usize) -> (f64, u32), cost: f64
         b += 1;
     }
     let score = |k: usize| {
-        let (util, in_flight) = inputs(l.members[k]);
-        (util + f64::from(in_flight) * cost) / f64::from(l.weights[k].max(1))
+        let (mut util, in_flight) = inputs(l.members[k]);
+        let mut divisor = f64::from(l.weights[k].max(1));
+        // Observed failures beat a self-reported idle load.
+        if let Some(s) = l.penalties.get(k).copied().flatten() {
+            util = util.max(1.0 - s);
+            divisor *= s.max(1e-6);
+        }
+        (util + f64::from(in_flight) * cost) / divisor
     };
     let (sa, sb) = (score(a), score(b));
     let winner = if sa < sb {
@@ -347,7 +379,7 @@ mod tests {
     fn dynamic_weights_win_over_configured() {
         let mut t = table(&[("a:1", 0, 5), ("b:1", 0, 1), ("c:1", 0, 1)]);
         let c = config("");
-        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         assert_eq!(
             count(&mut p, 700, 3),
             vec![500, 100, 100],
@@ -356,11 +388,55 @@ mod tests {
         for (e, w) in t.endpoints.iter_mut().zip([125.0, 250.0, 500.0]) {
             e.dyn_weight = w;
         }
-        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
         // Plain round robin ignores report weights.
-        let mut p = Picker::build(&t, &config(r#","policy":"round_robin""#), 0, 0.0, None);
+        let mut p = Picker::build(
+            &t,
+            &config(r#","policy":"round_robin""#),
+            0,
+            0.0,
+            None,
+            &Observed::default(),
+        );
         assert_eq!(count(&mut p, 700, 3), vec![500, 100, 100]);
+    }
+
+    #[test]
+    fn observed_failures_override_a_self_reported_idle_load() {
+        // Issue 12, item 7: c reports itself idle (a huge A58 weight, an
+        // utilization of 0.0001) and fails 2 of 3 requests.
+        let mut t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 0, 1)]);
+        for (e, w) in t.endpoints.iter_mut().zip([200.0, 200.0, 2000.0]) {
+            e.dyn_weight = w;
+        }
+        let mut seen = Observed::new(10_000_000_000);
+        for i in 0..60u64 {
+            seen.record(t.endpoints[0].slot, false, i);
+            seen.record(t.endpoints[1].slot, false, i);
+            seen.record(t.endpoints[2].slot, i % 3 != 0, i);
+        }
+        let c = config("");
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let before = count(&mut p, 1200, 3);
+        assert!(before[2] > 900, "unobserved, the report wins: {before:?}");
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &seen);
+        let after = count(&mut p, 1400, 3);
+        // Its weight: the typical 200 × its relative success 1/3.
+        assert_eq!(after, vec![600, 600, 200]);
+        // P2C: its reported 0.0001 no longer beats the others' 0.5.
+        let c = config(r#","policy":"p2c""#);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &seen);
+        let utilization = |i: usize| (if i == 2 { 0.0001 } else { 0.5 }, 0);
+        let mut rng = Rng::new(3);
+        let mut got = [0; 3];
+        for _ in 0..3000 {
+            got[p.pick(None, &mut rng, &utilization, false).unwrap().first] += 1;
+        }
+        assert!(got[2] < 1000, "p2c liar share {got:?}");
+        // Off: the report wins again.
+        let c = config(r#","passive_health":{"success_rate":{"window_ms":0}}"#);
+        assert_eq!(c.passive_health.success_rate.window_ms, 0);
     }
 
     #[test]
@@ -369,17 +445,17 @@ mod tests {
         let c = config("");
         t.endpoints[0].ejected_until_ns = 100;
         // 1 of 2 healthy × 1.4 = 70% stays on level 0.
-        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         assert_eq!(count(&mut p, 1000, 3), vec![0, 700, 300]);
         t.endpoints[1].draining = true;
         t.endpoints[2].ejected_until_ns = 100;
-        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         assert!(p.panic);
         let got = count(&mut p, 100, 3);
         assert_eq!(got[1], 0, "draining never picked, even in panic: {got:?}");
         assert_eq!(got[0] + got[2], 100);
         // After the ejections end, back to normal.
-        let mut p = Picker::build(&t, &c, 200, 0.0, None);
+        let mut p = Picker::build(&t, &c, 200, 0.0, None, &Observed::default());
         assert!(!p.panic);
         assert_eq!(count(&mut p, 100, 3), vec![100, 0, 0]);
     }
@@ -387,7 +463,7 @@ mod tests {
     #[test]
     fn retries_are_distinct_and_prefer_the_same_level() {
         let t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 1, 1), ("d:1", 0, 1)]);
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
         let mut rng = Rng::new(3);
         for _ in 0..20 {
             let pick = p.pick(None, &mut rng, &no_inputs, true).unwrap();
@@ -397,7 +473,7 @@ mod tests {
             assert!(pick.retries.iter().all(|&r| r != 2), "{pick:?}");
         }
         let t = table(&[("a:1", 0, 1)]);
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
         assert!(
             p.pick(None, &mut rng, &no_inputs, true)
                 .unwrap()
@@ -411,7 +487,7 @@ mod tests {
         let c = config(r#","policy":"consistent_hash","hash":{"header":"x-user"}"#);
         let addrs = ["a:1", "b:1", "c:1", "d:1"];
         let t = table(&addrs.map(|a| (a, 0u8, 1u32)));
-        let mut p = Picker::build(&t, &c, 0, 0.0, None);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         let mut rng = Rng::new(9);
         let before: Vec<String> = (0..4000u32)
             .map(|k| {
@@ -427,7 +503,7 @@ mod tests {
         let mut t2 = t.clone();
         t2.endpoints[1].draining = true;
         t2.version += 1;
-        let mut p2 = Picker::build(&t2, &c, 0, 0.0, Some(p));
+        let mut p2 = Picker::build(&t2, &c, 0, 0.0, Some(p), &Observed::default());
         let mut moved = 0;
         for (k, old) in before.iter().enumerate() {
             let h = fnv1a64(format!("user-{k}").as_bytes());
@@ -443,7 +519,14 @@ mod tests {
     #[test]
     fn p2c_prefers_the_less_loaded() {
         let t = table(&[("a:1", 0, 1), ("b:1", 0, 1)]);
-        let mut p = Picker::build(&t, &config(r#","policy":"p2c""#), 0, 0.0, None);
+        let mut p = Picker::build(
+            &t,
+            &config(r#","policy":"p2c""#),
+            0,
+            0.0,
+            None,
+            &Observed::default(),
+        );
         let mut rng = Rng::new(5);
         let inputs = |i: usize| if i == 0 { (0.9, 3) } else { (0.2, 0) };
         for _ in 0..50 {
@@ -454,7 +537,14 @@ mod tests {
     #[test]
     fn random_follows_configured_weights() {
         let t = table(&[("a:1", 0, 1), ("b:1", 0, 3)]);
-        let mut p = Picker::build(&t, &config(r#","policy":"random""#), 0, 0.0, None);
+        let mut p = Picker::build(
+            &t,
+            &config(r#","policy":"random""#),
+            0,
+            0.0,
+            None,
+            &Observed::default(),
+        );
         let got = count(&mut p, 8000, 2);
         assert!((1700..2300).contains(&got[0]), "{got:?}");
     }
@@ -463,9 +553,16 @@ mod tests {
     fn nothing_to_pick() {
         let mut t = table(&[("a:1", 0, 1)]);
         t.endpoints[0].draining = true;
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None);
+        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
         assert_eq!(p.pick(None, &mut Rng::new(1), &no_inputs, true), None);
-        let mut p = Picker::build(&Table::default(), &config(""), 0, 0.0, None);
+        let mut p = Picker::build(
+            &Table::default(),
+            &config(""),
+            0,
+            0.0,
+            None,
+            &Observed::default(),
+        );
         assert_eq!(p.pick(None, &mut Rng::new(1), &no_inputs, true), None);
     }
 }

@@ -19,6 +19,7 @@ use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpe
 
 use crate::config::{Config, Mode, ORIGINAL_DST_HEADER, Policy};
 use crate::jobs;
+use crate::observed::Observed;
 use crate::orca::{self, LoadReport, Rejected};
 use crate::picker::{Picker, Rng};
 use crate::stats::FILTER;
@@ -62,6 +63,8 @@ struct Picking {
     phase: f64,
     /// Requests this VM has in flight per endpoint slot (P2C).
     in_flight: Vec<u32>,
+    /// Answers and failures this VM saw per endpoint slot.
+    observed: Observed,
 }
 
 /// What the stage remembers between the phases of one request.
@@ -122,6 +125,14 @@ impl LoadBalancer {
                 // Golden-ratio spacing of VM phases.
                 phase: (me as f64 * 0.618_033_988_75).fract(),
                 in_flight: vec![0; slots],
+                observed: Observed::new(if c.passive_health.enabled {
+                    c.passive_health
+                        .success_rate
+                        .window_ms
+                        .saturating_mul(1_000_000)
+                } else {
+                    0
+                }),
             }),
             store: Rc::new(store),
             discovery_job,
@@ -212,13 +223,21 @@ impl LoadBalancer {
             return;
         };
         let t = &table.0;
-        let stale = p
-            .picker
-            .as_ref()
-            .is_none_or(|k| k.version != t.version || k.endpoints != t.endpoints.len());
+        let stale = p.picker.as_ref().is_none_or(|k| {
+            k.version != t.version
+                || k.endpoints != t.endpoints.len()
+                || k.observed_generation != p.observed.generation
+        });
         if stale {
             let previous = p.picker.take();
-            p.picker = Some(Picker::build(t, config, ex.now_nanos(), p.phase, previous));
+            p.picker = Some(Picker::build(
+                t,
+                config,
+                ex.now_nanos(),
+                p.phase,
+                previous,
+                &p.observed,
+            ));
         }
         let in_flight = &p.in_flight;
         let inputs = |i: usize| match t.endpoints.get(i) {
@@ -340,16 +359,19 @@ impl LoadBalancer {
         let Some(s) = r.served else {
             return;
         };
-        let picks = &r.picks;
-        if let Some(k) = picks.iter().position(|&p| p == s) {
-            for e in picks[..k].iter().filter_map(|&p| t.endpoints.get(p)) {
-                self.store
-                    .record_outcome(&e.address, e.slot, e.fingerprint(), true);
-            }
+        let mut outcomes: Vec<(usize, bool)> = Vec::with_capacity(1);
+        if let Some(k) = r.picks.iter().position(|&p| p == s) {
+            outcomes.extend(r.picks[..k].iter().map(|&p| (p, true)));
         }
-        if let Some(e) = t.endpoints.get(s) {
-            self.store
-                .record_outcome(&e.address, e.slot, e.fingerprint(), failed);
+        outcomes.push((s, failed));
+        let now = ex.now_nanos();
+        let mut picking = self.picking.borrow_mut();
+        for (i, failed) in outcomes {
+            if let Some(e) = t.endpoints.get(i) {
+                self.store
+                    .record_outcome(&e.address, e.slot, e.fingerprint(), failed);
+                picking.observed.record(e.slot, failed, now);
+            }
         }
     }
 }

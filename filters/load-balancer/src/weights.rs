@@ -8,7 +8,10 @@
 //! grab all traffic), and expires when no report arrived for the expiration
 //! period (then the blackout starts over). Endpoints without a weight get the
 //! median of the others; weights are clamped to `[min_ratio, max_ratio] ×
-//! mean` so one wild report cannot starve or flood anyone.
+//! median` so one wild report cannot starve or flood anyone. (Envoy's CSWRR
+//! clamps to the mean, which includes the outlier itself: with 3 endpoints
+//! one report can still take 94–100 % of the traffic. The median is not
+//! moved by one outlier, so the ratio holds.)
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -80,28 +83,31 @@ impl WeightState {
     }
 }
 
+/// The median of `values` (sorted in place); `None` when empty.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 /// Gives endpoints without a weight (0) the median of the others and clamps
-/// everything to `[min_ratio, max_ratio] × mean`. Returns false when no
+/// everything to `[min_ratio, max_ratio] × median`. Returns false when no
 /// endpoint has a weight (the caller then falls back to configured weights).
 pub fn fill_and_clamp(weights: &mut [f64], min_ratio: f64, max_ratio: f64) -> bool {
     let mut valid: Vec<f64> = weights.iter().copied().filter(|w| *w > 0.0).collect();
-    if valid.is_empty() {
+    let Some(median) = median(&mut valid) else {
         return false;
-    }
-    valid.sort_by(f64::total_cmp);
-    let n = valid.len();
-    let median = if n % 2 == 1 {
-        valid[n / 2]
-    } else {
-        (valid[n / 2 - 1] + valid[n / 2]) / 2.0
     };
     for w in weights.iter_mut() {
         if *w <= 0.0 {
             *w = median;
         }
     }
-    let mean = weights.iter().sum::<f64>() / weights.len() as f64;
-    let (lo, hi) = (mean * min_ratio, mean * max_ratio);
+    let (lo, hi) = (median * min_ratio, median * max_ratio);
     for w in weights.iter_mut() {
         *w = w.clamp(lo.min(hi), hi.max(lo));
     }
@@ -278,13 +284,24 @@ mod tests {
         assert_eq!(w, [100.0, 200.0, 300.0, 200.0]);
         let mut w = [0.0, 0.0];
         assert!(!fill_and_clamp(&mut w, 0.01, 10.0));
-        // One wild report: clamped to 10 × mean, the tiny one to 1% of it.
+        // One wild report: clamped to 10 × the median, the tiny one to 1%.
         let mut w = vec![1.0; 20];
         w.extend([1e9, 1e-9]);
         fill_and_clamp(&mut w, 0.01, 10.0);
-        let mean = (20.0 + 1e9 + 1e-9) / 22.0;
-        assert!((w[20] - 10.0 * mean).abs() < 1e-3, "{}", w[20]);
-        assert!((w[21] - 0.01 * mean).abs() < 1e-6, "{}", w[21]);
+        assert_eq!((w[20], w[21]), (10.0, 0.01));
+    }
+
+    #[test]
+    fn the_ratio_cap_holds_with_three_endpoints() {
+        // Issue 12, item 7: clamped to 10 × the mean (which includes the
+        // outlier), one of three endpoints kept 94–100 % of the traffic.
+        for outlier in [1e3, 1e6, 1e12] {
+            let mut w = [1.0, 1.0, outlier];
+            fill_and_clamp(&mut w, 0.01, 10.0);
+            let share = w[2] / w.iter().sum::<f64>();
+            assert!(share <= 10.0 / 12.0 + 1e-12, "{outlier}: {share}");
+            assert!(w[2] / w[0] <= 10.0);
+        }
     }
 
     fn shares(edf: &mut Edf, n: usize, picks: usize) -> Vec<usize> {
