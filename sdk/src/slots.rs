@@ -6,6 +6,13 @@
 //! record the owner's fingerprint so the caller sees collisions and can apply
 //! its own policy (e.g. a rate limiter lets colliding keys share one bucket,
 //! erring toward limiting, never toward letting everything through).
+//!
+//! First use is exact only if the key already exists: Envoy's
+//! `proxy_set_shared_data` writes an absent key unconditionally, whatever
+//! CAS token is given (proxy-wasm-cpp-host `SharedData::set`), so two
+//! workers creating the same key at once both succeed and one update is
+//! lost. [`SlotTable::create_all`] creates every slot once, at configure
+//! time, so the request path only ever CAS-updates existing keys.
 
 use crate::codec::{fnv1a64, mix64};
 
@@ -38,6 +45,44 @@ impl SlotTable {
 
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// The shared-data key recording that every slot exists
+    /// (`<prefix>/ready`, value: the slot count as 4 LE bytes).
+    fn ready_key(&self) -> String {
+        format!("{}/ready", self.prefix)
+    }
+
+    /// Creates every slot that does not exist yet (an empty value), then
+    /// records that they all do; a VM that finds the record skips the walk.
+    /// Returns how many keys were created.
+    ///
+    /// Run it where no request is served yet (a stage's build, i.e. the
+    /// plugin's configure): Envoy configures the main-thread VM before the
+    /// workers', so the slots exist before the first request. Cost: one
+    /// shared-data read per slot on the first VM (65 536 slots: tens of ms),
+    /// and Envoy's memory for every slot up front (README of the caller).
+    ///
+    /// Errors: the first failing host call; slots created before it stay,
+    /// and absent ones are still created on first use (not exact).
+    pub fn create_all(&self) -> Result<u32, crate::host::HostError> {
+        use crate::host;
+        let ready = self.ready_key();
+        let (marker, _) = host::shared_data(&ready)?;
+        if marker.as_deref() == Some(&self.slots.to_le_bytes()[..]) {
+            return Ok(0);
+        }
+        let mut created = 0;
+        for index in 0..self.slots {
+            let key = format!("{}/{}", self.prefix, index);
+            // Only absent keys: an existing one may hold a live bucket.
+            if host::shared_data(&key)?.1 == 0 {
+                host::set_shared_data(&key, &[], 0)?;
+                created += 1;
+            }
+        }
+        host::set_shared_data(&ready, &self.slots.to_le_bytes(), 0)?;
+        Ok(created)
     }
 
     pub fn slot(&self, key: &[u8]) -> Slot {

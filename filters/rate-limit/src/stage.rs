@@ -29,8 +29,21 @@ pub const SPEC: StageSpec = StageSpec {
 
 fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config = switchyard_sdk::config::parse(config)?;
+    let filter = Filter::new(config);
+    // Every bucket key exists before the first request, so two workers can
+    // never both create (and both admit on) the same fresh slot.
+    if filter.rates.iter().any(Option::is_some) {
+        match filter.slots.create_all() {
+            Ok(0) => {}
+            Ok(n) => log::debug!("{}: created {n} bucket slots", crate::NAME),
+            Err(e) => log::warn!(
+                "{}: creating bucket slots: {e}; first use of the missing ones is not exact",
+                crate::NAME
+            ),
+        }
+    }
     Ok(Box::new(RateLimit {
-        filter: Rc::new(Filter::new(config)),
+        filter: Rc::new(filter),
     }))
 }
 

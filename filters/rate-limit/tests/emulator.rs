@@ -432,3 +432,40 @@ fn an_rls_outage_logs_one_line_per_cause_per_period_naming_the_cluster() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].message.contains("49 more like it"), "{lines:?}");
 }
+
+#[test]
+fn every_bucket_slot_exists_before_the_first_request() {
+    // Issue 12, item 9: Envoy writes an absent shared-data key whatever
+    // the CAS token, so two workers creating one fresh slot at once both
+    // admitted. Slots are created at configure time instead, once.
+    let host = self::host(
+        r#"{"slots": 64, "shared_prefix": "fresh", "rules": [{"name": "k",
+            "key": [{"type": "header", "name": "x-key"}],
+            "limit": {"requests": 1, "per": "minute", "burst": 1}}]}"#,
+    );
+    let a = host.start_worker();
+    assert!(a.configured());
+    let tokens: Vec<u32> = (0..64)
+        .map(|i| {
+            host.shared_data(&format!("fresh/{i}"))
+                .unwrap_or_else(|| panic!("slot {i} missing"))
+                .1
+        })
+        .collect();
+    assert!(host.shared_data("fresh/ready").is_some());
+    // A second worker finds them and writes nothing.
+    let b = host.start_worker();
+    assert!(b.configured());
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(host.shared_data(&format!("fresh/{i}")).unwrap().1, *t);
+    }
+    // Fresh keys from both workers: each admitted exactly once.
+    let mut admitted = 0;
+    for k in 0..40 {
+        let key = format!("key-{k}");
+        admitted += u32::from(allowed(&a, "10.0.0.1:1", &[("x-key", &key)]));
+        admitted += u32::from(allowed(&b, "10.0.0.1:1", &[("x-key", &key)]));
+    }
+    // 40 keys on 64 slots: collisions share a bucket, so at most 40.
+    assert!(admitted <= 40, "{admitted}");
+}
