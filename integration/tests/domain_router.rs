@@ -54,6 +54,9 @@ const VHOSTS: &[(&str, &[&str])] = &[
     ("prefix-dash", &["foo-*"]),
     ("mixed-case", &["API.Mixed.COM", "Other.Mixed.com"]),
     ("tld", &["*.com"]),
+    // `*` inside a name is a literal character in Envoy (issue 12, item 9).
+    ("literal-star", &["a*b.example.org"]),
+    ("star-suffix", &["*z*"]),
     ("default", &["*"]),
 ];
 
@@ -81,6 +84,10 @@ const HOSTS: &[&str] = &[
     "[::1]:80",
     "x.y.com:99",
     "www.example.com.",
+    "a*b.example.org",
+    "axb.example.org",
+    "xz*",
+    "xzz",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,8 +33,16 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    /// Parses and lowercases a pattern. `*` may appear only alone, as the
-    /// first or as the last character.
+    /// Parses and lowercases a pattern the way Envoy's `RouteMatcher` does:
+    /// `*` alone matches any host; a leading `*` makes a suffix wildcard and
+    /// a trailing one a prefix wildcard; any other `*` is a literal
+    /// character (Envoy accepts `a*b.example.com` as an exact name and
+    /// `*a*` as the suffix `a*`).
+    ///
+    /// Errors: empty, longer than 1024 bytes, whitespace or control
+    /// characters, and a port: hosts are matched without their port (as
+    /// with Envoy's `ignore_port_in_host_matching: true`), so a domain with
+    /// one could never match.
     pub fn parse(domain: &str) -> Result<Pattern, String> {
         let d = domain.to_ascii_lowercase().into_bytes();
         if d.is_empty() {
@@ -51,12 +59,19 @@ impl Pattern {
         {
             return Err("contains whitespace or control characters".into());
         }
-        let stars = d.iter().filter(|b| **b == b'*').count();
+        if let Some(i) = port_start(&d) {
+            return Err(format!(
+                "has a port (\"{}\"): hosts are matched without their port (like Envoy's \
+                 ignore_port_in_host_matching), so it could never match; remove the port",
+                String::from_utf8_lossy(&d[i..])
+            ));
+        }
+        // Envoy's order: a leading `*` wins over a trailing one (`*a*` is
+        // the suffix `a*`).
         let pattern = match (d.first(), d.last()) {
-            (Some(b'*'), _) if stars == 1 => Pattern::Suffix(d[1..].to_vec()),
-            (_, Some(b'*')) if stars == 1 => Pattern::Prefix(d[..d.len() - 1].to_vec()),
-            _ if stars == 0 => Pattern::Exact(d),
-            _ => return Err("'*' is allowed only alone, first or last".into()),
+            (Some(b'*'), _) => Pattern::Suffix(d[1..].to_vec()),
+            (_, Some(b'*')) => Pattern::Prefix(d[..d.len() - 1].to_vec()),
+            _ => Pattern::Exact(d),
         };
         Ok(pattern)
     }
@@ -401,10 +416,27 @@ mod tests {
     fn patterns_are_validated() {
         assert_eq!(Pattern::parse("*"), Ok(Pattern::Any));
         assert!(Pattern::parse("").is_err());
-        assert!(Pattern::parse("a*b").is_err());
-        assert!(Pattern::parse("*a*").is_err());
-        assert!(Pattern::parse("**").is_err());
         assert!(Pattern::parse("a b").is_err());
+        // Issue 12, item 9: what Envoy accepts is accepted, meaning what
+        // Envoy makes of it: `*` inside a name is a literal character.
+        assert_eq!(
+            Pattern::parse("a*b.example.com"),
+            Ok(Pattern::Exact(b"a*b.example.com".to_vec()))
+        );
+        assert_eq!(Pattern::parse("*a*"), Ok(Pattern::Suffix(b"a*".to_vec())));
+        assert_eq!(Pattern::parse("**"), Ok(Pattern::Suffix(b"*".to_vec())));
+        let idx = index(&["a*b.example.com", "*a*"]);
+        assert_eq!(find(&idx, "a*b.example.com"), Some(0));
+        assert_eq!(find(&idx, "axb.example.com"), None, "not a glob");
+        assert_eq!(find(&idx, "xa*"), Some(1));
+        assert_eq!(find(&idx, "xab"), None);
+        // A port could never match a host whose port is stripped: refused,
+        // saying so (it used to be accepted and never matched).
+        for d in ["x.example.com:443", "[::1]:8080", "x.example.com:*"] {
+            let e = Pattern::parse(d).unwrap_err();
+            assert!(e.starts_with("has a port"), "{d}: {e}");
+        }
+        assert!(Pattern::parse("[::1]").is_ok(), "brackets are not a port");
         let mut idx = DomainIndex::new();
         idx.insert(Pattern::parse("A.com").unwrap(), 0).unwrap();
         assert_eq!(
