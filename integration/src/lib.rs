@@ -8,6 +8,8 @@
 //!   upstream with byte-exact (e.g. malformed) headers, restartable on its port.
 //! - [`traffic`]: a traffic driver that returns status, backend and latency
 //!   distributions.
+//! - [`grpc_backend`]: a unary gRPC backend (HTTP/2) reporting its load in
+//!   trailing metadata.
 //! - [`rls`]: a rate limit service (Envoy RLS gRPC API) with fixed-window
 //!   counting.
 //! - [`scenario`]: YAML scenarios (config, backends with events, traffic
@@ -19,6 +21,7 @@ pub mod collector;
 pub mod control;
 pub mod discovery;
 pub mod envoy;
+pub mod grpc_backend;
 pub mod paths;
 pub mod replay;
 pub mod rls;

@@ -9,14 +9,12 @@
 //! Envoys pointed at one server share its counts.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response};
 use switchyard_proto::Message as _;
@@ -24,6 +22,8 @@ use switchyard_proto::prost_types;
 use switchyard_proto::rls::{RateLimitRequest, RateLimitResponse, rate_limit_response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::server::GrpcBody;
 
 /// The gRPC path of `ShouldRateLimit`.
 pub const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -141,31 +141,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
     .await
 }
 
-type GrpcBody = http_body_util::combinators::WithTrailers<
-    Full<Bytes>,
-    std::future::Ready<Option<Result<HeaderMap, Infallible>>>,
->;
-
 /// A gRPC response: `message` framed, then trailers with `grpc-status`.
 fn grpc_response(message: Option<Vec<u8>>, status: u32, text: &str) -> Response<GrpcBody> {
-    let mut body = BytesMut::new();
-    if let Some(m) = message {
-        body.put_u8(0);
-        body.put_u32(u32::try_from(m.len()).unwrap_or(u32::MAX));
-        body.put_slice(&m);
-    }
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", status.into());
     if let Ok(v) = text.parse() {
         trailers.insert("grpc-message", v);
     }
-    let body = Full::new(body.freeze()).with_trailers(std::future::ready(Some(Ok(trailers))));
-    let mut resp = Response::new(body);
-    resp.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/grpc"),
-    );
-    resp
+    crate::server::grpc_response(message.as_deref(), trailers)
 }
 
 async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<GrpcBody> {

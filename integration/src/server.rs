@@ -1,6 +1,9 @@
 //! The one accept loop behind every test server of the harness (backends,
 //! discovery, control, RLS).
 
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::HeaderMap;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -72,4 +75,29 @@ pub async fn serve<H, Fut, B>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// The body of a gRPC response: the framed message, then trailers.
+pub type GrpcBody = http_body_util::combinators::WithTrailers<
+    Full<Bytes>,
+    std::future::Ready<Option<Result<HeaderMap, Infallible>>>,
+>;
+
+/// A unary gRPC response: `message` in one length-prefixed frame (none for
+/// a trailers-only style answer), then `trailers` (which should hold
+/// `grpc-status`).
+pub fn grpc_response(message: Option<&[u8]>, trailers: HeaderMap) -> Response<GrpcBody> {
+    let mut body = BytesMut::new();
+    if let Some(m) = message {
+        body.put_u8(0);
+        body.put_u32(u32::try_from(m.len()).unwrap_or(u32::MAX));
+        body.put_slice(m);
+    }
+    let body = Full::new(body.freeze()).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
+    resp
 }

@@ -709,3 +709,93 @@ async fn a_backend_lying_about_its_load_does_not_take_the_traffic() {
         "error rate {with:?} vs {without:?}"
     );
 }
+
+/// Issue 12, item 2: gRPC backends (HTTP/2) put their load reports in the
+/// trailing metadata (`endpoint-load-metrics-bin`). The filter learns them
+/// there (the cold backend gets ≥ 0.8 of the traffic, as with Envoy's own
+/// CSWRR) and strips them, so no client sees a report, in headers or
+/// trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_reports_in_trailers_drive_the_weights_and_never_reach_the_client() {
+    use http_body_util::{BodyExt, Full};
+    use switchyard_integration::grpc_backend::GrpcBackend;
+    let hot = GrpcBackend::start("hot", LoadReport::new().application(0.9).rps(100.0))
+        .await
+        .unwrap();
+    let cold = GrpcBackend::start("cold", LoadReport::new().application(0.1).rps(100.0))
+        .await
+        .unwrap();
+    let endpoints: Vec<Value> = [&hot, &cold]
+        .iter()
+        .zip(["hot", "cold"])
+        .map(|(b, n)| json!({"address": b.addr().to_string(), "name": n}))
+        .collect();
+    let backends: Vec<Value> = [&hot, &cold]
+        .iter()
+        .map(|b| json!({"ip": b.addr().ip().to_string(), "port": b.addr().port()}))
+        .collect();
+    let config = json!({"endpoints": endpoints, "weighted_round_robin": fast_wrr()});
+    paths::wasm_module("switchyard-load-balancer").expect("module built (make build)");
+    let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
+        .var("backends", backends)
+        .var("lb_config", config.to_string())
+        .var("discovery", Option::<Value>::None)
+        .var("grpc", true)
+        .concurrency(2)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));
+    let ingress = envoy.listener("ingress").unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reports_seen = 0;
+    let mut call = async |count: bool| {
+        let req = hyper::Request::post(format!("http://{ingress}/test.Echo/Unary"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let backend = resp
+            .headers()
+            .get("x-switchyard-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        let mut leaked = resp.headers().contains_key("endpoint-load-metrics-bin")
+            || resp.headers().contains_key("endpoint-load-metrics");
+        let body = resp.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        assert_eq!(
+            trailers.get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("0")
+        );
+        leaked |= trailers.contains_key("endpoint-load-metrics-bin")
+            || trailers.contains_key("endpoint-load-metrics");
+        if count {
+            *counts.entry(backend).or_default() += 1;
+        }
+        u64::from(leaked)
+    };
+    // Blackout (600 ms) and the first weight updates.
+    for _ in 0..100 {
+        reports_seen += call(false).await;
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    for _ in 0..50 {
+        reports_seen += call(false).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..400 {
+        reports_seen += call(true).await;
+    }
+    let cold_share = counts.get("cold").copied().unwrap_or(0) as f64 / 400.0;
+    println!("gRPC shares {counts:?}, reports reaching the client {reports_seen}");
+    assert_eq!(reports_seen, 0, "load reports reached the client");
+    assert!(cold_share >= 0.8, "cold share {cold_share}: {counts:?}");
+    assert!(stat(&envoy, "reports_accepted").await >= 500);
+    assert!(hot.requests() + cold.requests() >= 550);
+}
