@@ -17,7 +17,9 @@ use crate::callout::Callouts;
 use crate::codec::fnv1a64;
 use crate::config::ConfigError;
 use crate::host::{self, MapType};
-use crate::stage::{Exchange, Flow, Phase, RootServices, Setup, Stage, StageSpec};
+use crate::stage::{
+    DECISION_HEADERS, Exchange, Flow, Phase, RootServices, Setup, Stage, StageSpec,
+};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -338,6 +340,12 @@ impl ModuleStream {
                     break;
                 }
             }
+        }
+        if phase == Phase::RequestHeaders && from == 0 {
+            // Client copies of decision headers go with the phase's other
+            // edits (after the stages: a stage that read the map makes the
+            // check free).
+            ex.strip_request_headers(&DECISION_HEADERS);
         }
         if let Some(kind) = map_of(phase) {
             ex.flush(kind);

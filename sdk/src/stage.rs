@@ -54,6 +54,16 @@ pub enum Phase {
     Log,
 }
 
+/// Request headers named like Switchyard's decisions. No stage sets them
+/// (decisions travel in [`Decisions`]), so a request carrying one is
+/// forging it: every configured module removes them before its stages run,
+/// and they never reach a backend nor a record.
+pub const DECISION_HEADERS: [&str; 3] = [
+    "x-switchyard-route",
+    "x-switchyard-endpoint",
+    "x-switchyard-ratelimit",
+];
+
 /// Decisions stages pass to later stages of the same module. Only stages
 /// write them, so a client cannot forge them (unlike a request header).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -262,6 +272,18 @@ impl Exchange {
     /// Removes every value of a request header.
     pub fn remove_request_header(&mut self, name: &str) {
         self.edit(MapType::HttpRequestHeaders, Edit::Remove(name.to_string()));
+    }
+
+    /// Removes whichever of `names` the request carries. The request map
+    /// is read once per request and kept for the later phases (`on_log`
+    /// reads it from here), so this costs no crossing when any stage reads
+    /// the request headers at all.
+    pub(crate) fn strip_request_headers(&mut self, names: &[&str]) {
+        let map = self.request();
+        let present: Vec<&str> = names.iter().copied().filter(|n| map.contains(n)).collect();
+        for name in present {
+            self.remove_request_header(name);
+        }
     }
 
     /// Sets a response header (replacing every value).

@@ -190,11 +190,7 @@ impl Default for HttpSink {
 /// Header names of the Switchyard decisions. A client (or an upstream) can
 /// send them, so they are never copied into a record: the decisions are the
 /// `switchyard_*` fields, taken from the stages themselves.
-pub const DECISION_HEADERS: [&str; 3] = [
-    "x-switchyard-route",
-    "x-switchyard-endpoint",
-    "x-switchyard-ratelimit",
-];
+pub use switchyard_sdk::stage::DECISION_HEADERS;
 
 fn header_name_ok(name: &str) -> bool {
     !name.is_empty()

@@ -88,8 +88,10 @@ fn count(init: extern "C" fn(), config: &Value) -> Crossings {
 const BUDGETS: &[(&str, usize)] = &[
     // 5 callbacks, request map (2), cluster header replace.
     ("domain_router", 8),
-    // 5 callbacks, source.address (2), clock, bucket read (2) + CAS write.
-    ("rate_limit", 11),
+    // 5 callbacks, source.address (2), clock, bucket read (2) + CAS write,
+    // and the request map (2), read to strip forged decision headers
+    // (`DECISION_HEADERS`; this rule keys on the client address alone).
+    ("rate_limit", 13),
     // Budgets of the load balancer and access log stages are held by their
     // crates' own emulator tests; here they are only counted.
 ];

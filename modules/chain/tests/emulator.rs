@@ -142,6 +142,13 @@ fn forged_decision_headers_never_reach_the_record_or_the_backend() {
         ("x-switchyard-lb-host", "10.66.66.66:6666"),
     ];
     let (s, _) = get(&worker, "shop.example.com", &forged);
+    for name in [
+        "x-switchyard-route",
+        "x-switchyard-endpoint",
+        "x-switchyard-ratelimit",
+    ] {
+        assert_eq!(s.request_header(name), None, "{name} reaches the backend");
+    }
     assert_eq!(
         s.request_header("x-switchyard-cluster").as_deref(),
         Some("shop")
