@@ -160,8 +160,8 @@ pub extern "C" fn proxy_on_queue_ready(context_id: u32, queue_id: u32) {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _eos: bool) -> u32 {
-    with_stream(context_id, ModuleStream::on_request_headers)
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos: bool) -> u32 {
+    with_stream(context_id, |s| s.on_request_headers(eos))
 }
 
 #[unsafe(no_mangle)]

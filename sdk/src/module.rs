@@ -370,7 +370,7 @@ impl ModuleStream {
     }
 
     fn phase(&mut self, phase: Phase) -> Action {
-        self.exchange.begin_phase();
+        self.exchange.begin_phase(phase);
         self.run(phase, 0)
     }
 
@@ -418,7 +418,8 @@ impl ModuleStream {
         self.resumed(answered);
     }
 
-    pub(crate) fn on_request_headers(&mut self) -> Action {
+    pub(crate) fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        self.exchange.set_request_ended(end_of_stream);
         self.phase(Phase::RequestHeaders)
     }
 

@@ -183,6 +183,12 @@ pub struct Exchange {
     trailers: MapView,
     properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
     now: Option<u64>,
+    /// The clock as first read while the request headers were handled.
+    request_clock: Option<u64>,
+    /// The phase running now (callout answers run in their own phase).
+    phase: Phase,
+    /// Whether the request ended with its headers (no body).
+    request_ended: bool,
     /// Decisions of the stages that ran so far.
     pub decisions: Decisions,
     state: Vec<Option<Box<dyn Any>>>,
@@ -201,6 +207,9 @@ impl Exchange {
             trailers: MapView::default(),
             properties: Vec::new(),
             now: None,
+            request_clock: None,
+            phase: Phase::RequestHeaders,
+            request_ended: false,
             decisions: Decisions::default(),
             state: (0..stages).map(|_| None).collect(),
             current: 0,
@@ -357,7 +366,39 @@ impl Exchange {
 
     /// Host wall-clock time (ns since the epoch), read once per phase.
     pub fn now_nanos(&mut self) -> u64 {
-        *self.now.get_or_insert_with(host::now_nanos)
+        if let Some(now) = self.now {
+            return now;
+        }
+        let now = host::now_nanos();
+        self.now = Some(now);
+        if self.phase == Phase::RequestHeaders && self.request_clock.is_none() {
+            self.request_clock = Some(now);
+        }
+        now
+    }
+
+    /// The clock as a stage read it while the request headers were
+    /// handled, if one did (ns since the epoch). Within microseconds of
+    /// Envoy's `request.time` for a request whose headers arrive at once.
+    pub fn request_phase_clock(&self) -> Option<u64> {
+        self.request_clock
+    }
+
+    /// A time for bookkeeping that needs this request's moment to the
+    /// millisecond, not the current instant (load-report stamps, failure
+    /// windows): the request-phase clock when a stage read it, else the
+    /// current phase's clock. Saves a crossing in later phases.
+    pub fn request_clock_nanos(&mut self) -> u64 {
+        match self.request_clock {
+            Some(t) => t,
+            None => self.now_nanos(),
+        }
+    }
+
+    /// Whether the request ended with its headers (`end_of_stream` of the
+    /// request-headers callback): it has no body, so `request.size` is 0.
+    pub fn request_ended_with_headers(&self) -> bool {
+        self.request_ended
     }
 
     /// The client's IP address: the downstream address Envoy determined
@@ -456,8 +497,13 @@ impl Exchange {
         Ok(())
     }
 
-    pub(crate) fn begin_phase(&mut self) {
+    pub(crate) fn begin_phase(&mut self, phase: Phase) {
         self.now = None;
+        self.phase = phase;
+    }
+
+    pub(crate) fn set_request_ended(&mut self, ended: bool) {
+        self.request_ended = ended;
     }
 
     pub(crate) fn set_current(&mut self, stage: usize) {
@@ -487,7 +533,7 @@ impl Exchange {
         };
         let result = read_grpc_answer(status_code, size);
         self.current = stage;
-        self.begin_phase();
+        self.begin_phase(phase);
         Some((stage, phase, done(self, result)))
     }
 
@@ -504,7 +550,7 @@ impl Exchange {
         };
         let result = read_http_answer(body_size);
         self.current = stage;
-        self.begin_phase();
+        self.begin_phase(phase);
         Some((stage, phase, done(self, result)))
     }
 }

@@ -100,6 +100,16 @@ impl Source for ExchangeSource<'_> {
                 let start = self.number(Attr::StartTime)?;
                 return Some(self.0.now_nanos().saturating_sub(start));
             }
+            // A stage read the clock as the request headers arrived (the
+            // rate limit does): that is the start, within microseconds of
+            // Envoy's `request.time`, without a property read.
+            Attr::StartTime => {
+                if let Some(t) = self.0.request_phase_clock() {
+                    return Some(t);
+                }
+            }
+            // A request that ended with its headers has no body.
+            Attr::BytesReceived if self.0.request_ended_with_headers() => return Some(0),
             _ => {}
         }
         self.0

@@ -321,8 +321,11 @@ impl Config {
     }
 
     /// How often every VM ticks (each periodic job is due on some ticks).
+    /// The stage's tick: weight updates, discovery polls and the re-sync
+    /// of each worker's table copy (at most 250 ms, so ejections and new
+    /// weights reach every worker within that).
     pub fn tick_ms(&self) -> u64 {
-        let mut t = self.weighted_round_robin.weight_update_period_ms.min(1_000);
+        let mut t = self.weighted_round_robin.weight_update_period_ms.min(250);
         if let Some(d) = &self.discovery {
             t = t.min(d.interval_ms);
         }
@@ -586,7 +589,7 @@ mod tests {
         assert_eq!(c.policy, Policy::WeightedRoundRobin);
         assert_eq!(c.endpoints[0].weight, 1);
         assert_eq!(c.weighted_round_robin.blackout_period_ms, 10_000);
-        assert_eq!(c.tick_ms(), 1_000);
+        assert_eq!(c.tick_ms(), 250);
         assert!(c.strip_load_reports);
     }
 
@@ -645,9 +648,9 @@ mod tests {
     #[test]
     fn tick_follows_the_fastest_period() {
         let c: Config = parse(
-            br#"{"discovery":{"cluster":"d","interval_ms":300},"weighted_round_robin":{"weight_update_period_ms":500}}"#,
+            br#"{"discovery":{"cluster":"d","interval_ms":100},"weighted_round_robin":{"weight_update_period_ms":500}}"#,
         )
         .unwrap();
-        assert_eq!(c.tick_ms(), 300);
+        assert_eq!(c.tick_ms(), 100);
     }
 }

@@ -218,7 +218,16 @@ impl LoadBalancer {
         let key = self.hash_key(ex);
         let mut p = self.picking.borrow_mut();
         let p = &mut *p;
-        let Some(table) = self.current_table(p) else {
+        // The table is re-synced on every tick (≤ 250 ms), not per
+        // request: a request reads no shared data to pick.
+        let table = match p.table.clone() {
+            // This VM itself changed the table (an ejection, a discovery
+            // answer): follow it now.
+            Some(_) if self.store.take_published_here() => self.current_table(p),
+            Some(t) => Some(t),
+            None => self.current_table(p),
+        };
+        let Some(table) = table else {
             stats.no_endpoint.inc();
             return;
         };
@@ -339,7 +348,9 @@ impl LoadBalancer {
             e.slot,
             LoadRecord {
                 fingerprint: e.fingerprint(),
-                at_ns: ex.now_nanos(),
+                // The request's moment is precise enough for a report
+                // stamp (weights expire after seconds): no clock read here.
+                at_ns: ex.request_clock_nanos(),
                 qps: r.rps_fractional,
                 eps: r.eps,
                 utilization: r.utilization_for(metrics),
@@ -364,7 +375,7 @@ impl LoadBalancer {
             outcomes.extend(r.picks[..k].iter().map(|&p| (p, true)));
         }
         outcomes.push((s, failed));
-        let now = ex.now_nanos();
+        let now = ex.request_clock_nanos();
         let mut picking = self.picking.borrow_mut();
         for (i, failed) in outcomes {
             if let Some(e) = t.endpoints.get(i) {
@@ -520,6 +531,12 @@ impl Stage for LoadBalancer {
         }
         if self.weights_job.claim(now) {
             jobs::update_weights(&self.store, now);
+        }
+        // Follow the published table (weights, ejections, discovery): the
+        // one shared-data read that requests no longer make.
+        if let Ok(mut p) = self.picking.try_borrow_mut() {
+            self.store.take_published_here();
+            self.current_table(&mut p);
         }
     }
 }

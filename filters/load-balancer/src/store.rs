@@ -33,6 +33,9 @@ pub struct Store {
     version: SharedValue<u64>,
     /// Per slot: the last load record this VM wrote, to skip redundant writes.
     written: RefCell<Vec<Option<LoadRecord>>>,
+    /// This VM published a table since the stage last synced: its own
+    /// picks follow at once (other VMs on their next tick).
+    published_here: std::cell::Cell<bool>,
 }
 
 impl Store {
@@ -45,6 +48,7 @@ impl Store {
             version: SharedValue::new(format!("{prefix}/table_version")),
             stats: Stats::new(slots),
             written: RefCell::new(vec![None; slots]),
+            published_here: std::cell::Cell::new(false),
             prefix,
             config,
         }
@@ -116,9 +120,15 @@ impl Store {
     /// equality with what they last synced at, so two writers finishing out
     /// of order cost one extra fetch, never a missed table.
     pub fn publish_version(&self, version: u64) {
+        self.published_here.set(true);
         if let Err(e) = self.version.set(&version) {
             log::warn!("{FILTER}: publishing table version {version}: {e}");
         }
+    }
+
+    /// Whether this VM published a table since the last call.
+    pub fn take_published_here(&self) -> bool {
+        self.published_here.replace(false)
     }
 
     /// Stores a load report for the endpoint in `slot`. Writes at most a few
