@@ -580,7 +580,7 @@ async fn get_from(peer_ip: &str, to: SocketAddr, request_id: &str, xff: Option<&
 async fn client_address_is_envoys_own_in_every_topology() {
     let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
     let collector = Collector::start().await.unwrap();
-    let xffs: [Option<&str>; 8] = [
+    let xffs: [Option<&str>; 9] = [
         None,
         Some("7.7.7.7"),
         Some("6.6.6.6, 7.7.7.7"),
@@ -589,6 +589,8 @@ async fn client_address_is_envoys_own_in_every_topology() {
         Some("7.7.7.7, not-an-ip"),
         Some("2001:db8::7"),
         Some("1.1.1.1, 127.0.0.1"),
+        // A scoped IPv6 client: Envoy keeps the zone (as an index).
+        Some("fe80::1%lo"),
     ];
     // 127.0.0.1: a client or proxy on Envoy's own address; 127.0.0.2: a
     // front proxy on another (loopback, as tests must be) address.

@@ -32,20 +32,50 @@ pub const TRUSTED_HOPS_MOVED: &str = "must be 0: the client address is the one E
      (source.address); set use_remote_address: true and xff_num_trusted_hops: N on the HTTP \
      connection manager instead";
 
-/// Parses `ip`, `ip:port`, `[v6]:port` or `[v6]` into an IP address.
-pub fn parse_ip(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Some(rest) = s.strip_prefix('[') {
+/// The address part of Envoy's `source.address` (`ip:port`, `[v6]:port`,
+/// or either without the port), exactly as Envoy wrote it: an IPv6 zone
+/// stays (`[fe80::1%4]:0` → `fe80::1%4`, which Envoy's access log prints
+/// too). `None` unless it is an IP address.
+pub fn host_of(address: &str) -> Option<&str> {
+    let s = address.trim();
+    let host = if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']')?;
-        return rest[..end].parse().ok();
+        let tail = &rest[end + 1..];
+        if !(tail.is_empty() || tail.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        &rest[..end]
+    } else if is_ip(s) {
+        s
+    } else {
+        let (host, port) = s.rsplit_once(':')?;
+        if !is_port(port) || host.contains(':') {
+            return None;
+        }
+        host
+    };
+    is_ip(host).then_some(host)
+}
+
+fn is_port(p: &str) -> bool {
+    p.parse::<u16>().is_ok()
+}
+
+/// An IPv4 or IPv6 address, an IPv6 zone (`%eth0`, `%4`) allowed.
+fn is_ip(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
     }
-    // `a.b.c.d:port` (a bare v6 address parsed above).
-    let (host, port) = s.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    host.parse().ok()
+    match s.split_once('%') {
+        Some((ip, zone)) => {
+            !zone.is_empty()
+                && zone
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && ip.parse::<std::net::Ipv6Addr>().is_ok()
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -54,20 +84,25 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
-    }
-
     #[test]
     fn address_forms() {
-        assert_eq!(parse_ip("10.0.0.9:5555"), ip("10.0.0.9"));
-        assert_eq!(parse_ip(" 7.7.7.7 "), ip("7.7.7.7"));
-        assert_eq!(parse_ip("[::1]:80"), ip("::1"));
-        assert_eq!(parse_ip("::1"), ip("::1"));
-        assert_eq!(parse_ip("[2001:db8::1]"), ip("2001:db8::1"));
-        assert_eq!(parse_ip("1.2.3.4:99999"), None);
-        assert_eq!(parse_ip("not-an-ip"), None);
-        assert_eq!(parse_ip("[::1"), None);
-        assert_eq!(parse_ip(""), None);
+        assert_eq!(host_of("10.0.0.9:5555"), Some("10.0.0.9"));
+        assert_eq!(host_of(" 7.7.7.7 "), Some("7.7.7.7"));
+        assert_eq!(host_of("[::1]:80"), Some("::1"));
+        assert_eq!(host_of("::1"), Some("::1"));
+        assert_eq!(host_of("[2001:db8::1]"), Some("2001:db8::1"));
+        // Issue 12, item 3: a scoped client (found in real Envoy: the
+        // record's client_address was null and every scoped client shared
+        // one rate-limit bucket). Envoy prints the zone; so do we.
+        assert_eq!(host_of("[fe80::1%4]:0"), Some("fe80::1%4"));
+        assert_eq!(host_of("fe80::1%eth0"), Some("fe80::1%eth0"));
+        assert_eq!(host_of("1.2.3.4:99999"), None);
+        assert_eq!(host_of("not-an-ip"), None);
+        assert_eq!(host_of("not-an-ip:80"), None);
+        assert_eq!(host_of("[::1"), None);
+        assert_eq!(host_of("[::1]x"), None);
+        assert_eq!(host_of("1.2.3.4%4"), None, "zones are IPv6 only");
+        assert_eq!(host_of("fe80::1%"), None);
+        assert_eq!(host_of(""), None);
     }
 }

@@ -170,6 +170,14 @@ fn build_chain(specs: &[StageSpec], raw: &[u8]) -> Result<Stages, ConfigError> {
                 format!("unknown stage `{name}`, expected one of {known:?}"),
             ));
         };
+        // One of each: two instances of a stage would share its metrics and
+        // shared-data keys in this VM.
+        if let Some(j) = chain.stages[..i].iter().position(|e| e.contains_key(name)) {
+            return Err(ConfigError::new(
+                at,
+                format!("`{name}` already appears in stages[{j}]; list each stage once"),
+            ));
+        }
         let bytes = serde_json::to_vec(value).map_err(|e| ConfigError::new(&at, e.to_string()))?;
         let stage = (spec.build)(&bytes, &setup_for(&bytes))
             .map_err(|e| e.within(&format!("{at}.{name}")))?;
@@ -352,6 +360,10 @@ impl ModuleStream {
         }
         if let Some(reply) = ex.take_reply() {
             ex.mark_replied();
+            // Answered here: the request goes to no cluster or endpoint,
+            // whatever an earlier stage picked.
+            ex.decisions.cluster = None;
+            ex.decisions.endpoint = None;
             let headers: Vec<(&str, &[u8])> = reply
                 .headers
                 .iter()

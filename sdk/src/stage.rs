@@ -30,7 +30,6 @@ use crate::config::ConfigError;
 use crate::headers::{Edit, HeaderMap, push_edit};
 use crate::host::{self, MapType};
 use std::any::Any;
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// What a stage tells the SDK after a phase.
@@ -401,14 +400,15 @@ impl Exchange {
         self.request_ended
     }
 
-    /// The client's IP address: the downstream address Envoy determined
-    /// (`source.address`, port dropped), memoised. Envoy's
-    /// `use_remote_address` and `xff_num_trusted_hops` decide it; see
-    /// [`crate::client_addr`].
-    pub fn client_address(&mut self) -> Option<IpAddr> {
+    /// The client's address as Envoy determined it (`source.address`
+    /// without the port, an IPv6 zone kept: the text Envoy's own access log
+    /// prints), memoised. Envoy's `use_remote_address` and
+    /// `xff_num_trusted_hops` decide it; see [`crate::client_addr`].
+    pub fn client_address(&mut self) -> Option<String> {
         self.property(&["source", "address"])
             .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(crate::client_addr::parse_ip)
+            .and_then(crate::client_addr::host_of)
+            .map(str::to_string)
     }
 
     /// This stage's per-request state (created on first use).

@@ -15,7 +15,6 @@ use crate::encode::{push_escaped, push_json_str};
 use crate::timefmt;
 use std::borrow::Cow;
 use std::fmt::Write;
-use std::net::IpAddr;
 // Re-exported: a [`Facts`] is made of them.
 pub use switchyard_sdk::headers::HeaderMap;
 pub use switchyard_sdk::stage::Decisions;
@@ -82,7 +81,7 @@ pub trait Source {
     fn number(&mut self, attr: Attr) -> Option<u64>;
     /// The client address Envoy determined (`source.address` without the
     /// port; `switchyard_sdk::client_addr`).
-    fn client_address(&mut self) -> Option<IpAddr>;
+    fn client_address(&mut self) -> Option<String>;
     /// Decisions of the stages that ran before in the same module; all
     /// `None` when the access log runs alone.
     fn decisions(&self) -> &Decisions;
@@ -120,7 +119,7 @@ pub struct Facts {
     /// [`Attr::PeerAddress`].
     pub downstream_remote_address: Option<String>,
     /// The client address.
-    pub client_address: Option<IpAddr>,
+    pub client_address: Option<String>,
     /// Decisions of earlier stages.
     pub decisions: Decisions,
 }
@@ -159,8 +158,8 @@ impl Source for Facts {
         }
     }
 
-    fn client_address(&mut self) -> Option<IpAddr> {
-        self.client_address
+    fn client_address(&mut self) -> Option<String> {
+        self.client_address.clone()
     }
 
     fn decisions(&self) -> &Decisions {
@@ -408,7 +407,6 @@ enum Val<'a> {
     Time(u64),
     /// Response flags as `%RESPONSE_FLAGS%` names.
     Flags(u64),
-    Ip(IpAddr),
 }
 
 /// A record being written.
@@ -483,9 +481,6 @@ impl Out<'_> {
                 self.line.push('"');
                 push_flags(&mut self.line, f);
                 self.line.push('"');
-            }
-            Val::Ip(ip) => {
-                let _ = write!(self.line, "\"{ip}\"");
             }
         }
     }
@@ -588,7 +583,8 @@ fn envoy_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
         "response_code_details",
         attr_text(src, Attr::ResponseCodeDetails),
     );
-    o.put("client_address", src.client_address().map(Val::Ip));
+    let client = src.client_address();
+    o.put("client_address", client.as_deref().map(Val::Str));
     let d = src.decisions();
     o.put("switchyard_route", decision(&d.route));
     o.put("switchyard_endpoint", decision(&d.endpoint));
@@ -690,7 +686,8 @@ fn otel_fields(o: &mut Out<'_>, src: &mut (impl Source + ?Sized)) {
             o.put("server.port", port.map(|p| Val::Num(p.into())));
         }
     }
-    o.put("client.address", src.client_address().map(Val::Ip));
+    let client = src.client_address();
+    o.put("client.address", client.as_deref().map(Val::Str));
     if let Some(peer) = src.text(Attr::PeerAddress) {
         let peer = String::from_utf8_lossy(peer);
         let (ip, port) = split_authority(&peer);
@@ -776,7 +773,7 @@ mod tests {
             upstream_cluster: Some("backends".into()),
             route_name: Some("default".into()),
             downstream_remote_address: Some("127.0.0.1:5555".into()),
-            client_address: Some("127.0.0.1".parse().unwrap()),
+            client_address: Some("127.0.0.1".into()),
             decisions: Decisions {
                 route: Some("checkout".into()),
                 endpoint: Some("10.0.0.7:8080".into()),
@@ -981,7 +978,7 @@ mod tests {
             self.attrs.push(attr);
             self.facts.number(attr)
         }
-        fn client_address(&mut self) -> Option<IpAddr> {
+        fn client_address(&mut self) -> Option<String> {
             self.facts.client_address()
         }
         fn decisions(&self) -> &Decisions {
@@ -1069,7 +1066,7 @@ mod tests {
             bytes_received: Some(12),
             upstream_cluster: Some("c\"q\\".into()),
             downstream_remote_address: Some("[::1]:5555".into()),
-            client_address: Some("::1".parse().unwrap()),
+            client_address: Some("::1".into()),
             decisions: Decisions {
                 rate_limit: Some("over_limit;policy=per-tenant".into()),
                 ..Decisions::default()

@@ -6,7 +6,6 @@ use crate::config::Config;
 use crate::record::{self, Attr, Source};
 use crate::sender::{QueueRef, Sender};
 use crate::stats::Metrics;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use switchyard_sdk::config::ConfigError;
@@ -117,7 +116,7 @@ impl Source for ExchangeSource<'_> {
             .and_then(|n| u64::try_from(n).ok())
     }
 
-    fn client_address(&mut self) -> Option<IpAddr> {
+    fn client_address(&mut self) -> Option<String> {
         self.0.client_address()
     }
 

@@ -167,6 +167,7 @@ impl DomainRouter {
             Rc::clone(&self.clock),
             self.last_etag.clone(),
         );
+        let sent_etag = etag;
         let sent = root.callouts.http(req, move |result| {
             clock.borrow_mut().finished();
             match result {
@@ -175,6 +176,13 @@ impl DomainRouter {
                         .header("etag")
                         .map(|e| String::from_utf8_lossy(e).into_owned())
                         .unwrap_or_default();
+                    // A server that ignores If-None-Match answers 200 with
+                    // the ETag it had: the same table, good or rejected,
+                    // is neither installed nor reported again.
+                    if !etag.is_empty() && etag == sent_etag {
+                        log::debug!("{FILTER}: table not modified (same ETag)");
+                        return;
+                    }
                     core.accept(&resp.body, &etag);
                     if let Some(seen) = &last_etag
                         && let Err(e) = seen.set(&Postcard(etag))

@@ -222,10 +222,48 @@ fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
     // The rejected ETag is remembered: the same broken table is not re-reported.
     host.advance(std::time::Duration::from_millis(1000));
     poller.tick();
-    assert_eq!(
-        host.expect_http_call("control").header("if-none-match"),
-        Some("\"v3\"")
+    let call = host.expect_http_call("control");
+    assert_eq!(call.header("if-none-match"), Some("\"v3\""));
+    // A server that ignores If-None-Match sends the same broken table with
+    // the same ETag (found in real Envoy: logged and counted on every
+    // poll): neither counted nor logged again.
+    poller.respond_http_call(
+        call.token,
+        CallOutcome::response(
+            200,
+            &[("etag", "\"v3\"")],
+            r#"{"virtual_hosts": [{"domains": ["x"], "rules": [{"cluster": ""}]}]}"#,
+        ),
     );
+    assert_eq!(
+        host.metric("switchyard.domain-router.reload_failures"),
+        Some(1)
+    );
+    // Nor is an unchanged good table installed again.
+    host.advance(std::time::Duration::from_millis(1000));
+    poller.tick();
+    let call = host.expect_http_call("control");
+    poller.respond_http_call(
+        call.token,
+        CallOutcome::response(
+            200,
+            &[("etag", "\"v4\"")],
+            table_routing("shop.example.com", "shop-v4", 4),
+        ),
+    );
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(2));
+    host.advance(std::time::Duration::from_millis(1000));
+    poller.tick();
+    let call = host.expect_http_call("control");
+    poller.respond_http_call(
+        call.token,
+        CallOutcome::response(
+            200,
+            &[("etag", "\"v4\"")],
+            table_routing("shop.example.com", "shop-v4", 4),
+        ),
+    );
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(2));
 }
 
 #[test]

@@ -9,11 +9,14 @@
 //! ejected. Envoy's success-rate outlier detection needs at least 5 hosts
 //! (`success_rate_minimum_hosts`); this rule works from 2.
 //!
-//! The rule (per priority level, per worker): the level's best observed
-//! failure fraction `f_best` is the reference; an endpoint with at least
-//! `request_volume` answers in the window whose failure fraction `f`
-//! exceeds `f_best + margin` is *penalised* with its relative success
-//! `s = (1 − f) / (1 − f_best)`:
+//! The rule (per priority level, per worker): an endpoint with at least
+//! `request_volume` answers in the window is compared with the best of
+//! its peers: each other endpoint with that volume, and the other
+//! endpoints' answers pooled (at least [`POOL_MIN`]; a liar that takes most
+//! of the traffic leaves each peer too few answers to judge alone). If its
+//! failure fraction `f` exceeds that reference `f_ref` by more than
+//! `margin`, it is *penalised* with its relative success
+//! `s = (1 − f) / (1 − f_ref)`:
 //! - weighted round robin / round robin: its weight becomes
 //!   `min(weight, median weight of the unpenalised members) × s`, so its
 //!   self-report cannot lift it above a typical endpoint;
@@ -88,39 +91,60 @@ impl Observed {
         }
     }
 
-    /// The failure fraction of `slot` over the last one to two half
-    /// windows; `None` below `request_volume` answers.
-    pub fn failure_fraction(&self, slot: u16, request_volume: u32) -> Option<f64> {
+    /// Answers of `slot` over the last one to two half windows.
+    pub fn answers(&self, slot: u16) -> Answers {
         let i = usize::from(slot);
         let get = |v: &Vec<(u32, u32)>| v.get(i).copied().unwrap_or((0, 0));
         let (a, b) = (get(&self.current), get(&self.previous));
-        let ok = u64::from(a.0) + u64::from(b.0);
-        let failed = u64::from(a.1) + u64::from(b.1);
-        let n = ok + failed;
-        (n >= u64::from(request_volume.max(1))).then(|| failed as f64 / n as f64)
+        Answers {
+            ok: u64::from(a.0) + u64::from(b.0),
+            failed: u64::from(a.1) + u64::from(b.1),
+        }
+    }
+
+    /// The failure fraction of `slot`; `None` below `request_volume`
+    /// answers.
+    pub fn failure_fraction(&self, slot: u16, request_volume: u32) -> Option<f64> {
+        self.answers(slot).fraction(request_volume)
     }
 }
 
+/// Answers of one endpoint (or a pool of them) in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answers {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl Answers {
+    /// The failure fraction; `None` below `volume` answers.
+    pub fn fraction(self, volume: u32) -> Option<f64> {
+        let n = self.ok + self.failed;
+        (n >= u64::from(volume.max(1))).then(|| self.failed as f64 / n as f64)
+    }
+}
+
+/// The fewest pooled answers of an endpoint's peers that count as a
+/// reference.
+pub const POOL_MIN: u32 = 5;
+
 /// The relative success `s` of each member that the rule penalises
-/// (`None`: not penalised). `failures[k]`: member `k`'s failure fraction,
-/// `None` without enough answers.
-pub fn penalties(failures: &[Option<f64>], margin: f64) -> Vec<Option<f64>> {
-    let best = failures
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|f| f.is_finite())
-        .fold(None, |m: Option<f64>, f| Some(m.map_or(f, |m| m.min(f))));
-    let Some(best) = best else {
-        return vec![None; failures.len()];
-    };
-    failures
-        .iter()
-        .map(|f| match f {
-            Some(f) if *f > best + margin && best < 1.0 => {
-                Some(((1.0 - f) / (1.0 - best)).max(0.0))
-            }
-            _ => None,
+/// (`None`: not penalised). `answers[k]`: member `k`'s answers.
+pub fn penalties(answers: &[Answers], request_volume: u32, margin: f64) -> Vec<Option<f64>> {
+    (0..answers.len())
+        .map(|i| {
+            let f = answers[i].fraction(request_volume)?;
+            let peers = answers.iter().enumerate().filter(|(j, _)| *j != i);
+            let pooled = peers.clone().fold(Answers::default(), |p, (_, a)| Answers {
+                ok: p.ok + a.ok,
+                failed: p.failed + a.failed,
+            });
+            let reference = peers
+                .filter_map(|(_, a)| a.fraction(request_volume))
+                .chain(pooled.fraction(POOL_MIN.min(request_volume)))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))))?;
+            (f > reference + margin && reference < 1.0)
+                .then(|| ((1.0 - f) / (1.0 - reference)).max(0.0))
         })
         .collect()
 }
@@ -190,25 +214,40 @@ mod tests {
         assert_eq!(o.failure_fraction(0, 1), None);
     }
 
+    fn a(ok: u64, failed: u64) -> Answers {
+        Answers { ok, failed }
+    }
+
     #[test]
-    fn only_endpoints_worse_than_the_best_by_the_margin_are_penalised() {
-        let p = penalties(&[Some(0.0), Some(0.02), Some(2.0 / 3.0), None], 0.1);
+    fn only_endpoints_worse_than_their_best_peer_by_the_margin_are_penalised() {
+        let p = penalties(&[a(100, 0), a(98, 2), a(10, 20), a(0, 0)], 20, 0.1);
         assert_eq!(p[0], None);
         assert_eq!(p[1], None, "within the margin");
         assert!((p[2].unwrap() - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(p[3], None, "no data");
         // Everyone failing alike: an outage, nobody is singled out.
+        let alike = penalties(&[a(50, 50), a(48, 52)], 20, 0.1);
+        assert!(alike.iter().all(Option::is_none));
         assert!(
-            penalties(&[Some(0.5), Some(0.52)], 0.1)
+            penalties(&[a(0, 0), a(0, 0)], 20, 0.1)
                 .iter()
                 .all(Option::is_none)
         );
-        assert!(penalties(&[None, None], 0.1).iter().all(Option::is_none));
-        assert!(
-            penalties(&[Some(1.0), Some(1.0)], 0.1)
-                .iter()
-                .all(Option::is_none)
-        );
+        let down = penalties(&[a(0, 30), a(0, 30)], 20, 0.1);
+        assert!(down.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn squeezed_peers_still_count_together() {
+        // Found in real Envoy at 15 req/s: the liar took 83 % and each
+        // honest endpoint saw 6 answers per worker, too few to judge alone;
+        // pooled (12 answers, none failed) they are the reference.
+        let p = penalties(&[a(6, 0), a(6, 0), a(30, 60)], 20, 0.1);
+        assert!((p[2].unwrap() - 1.0 / 3.0).abs() < 1e-9, "{p:?}");
+        assert_eq!((p[0], p[1]), (None, None));
+        // Too few pooled answers: no judgement.
+        let p = penalties(&[a(1, 0), a(1, 0), a(30, 60)], 20, 0.1);
+        assert_eq!(p[2], None);
     }
 
     #[test]
@@ -216,7 +255,7 @@ mod tests {
         // Issue 12, item 7: a backend reporting itself idle (a huge A58
         // weight) while failing 2 of 3 requests; two honest ones.
         let mut w = [100.0, 100.0, 1_000_000.0];
-        let p = penalties(&[Some(0.0), Some(0.0), Some(2.0 / 3.0)], 0.1);
+        let p = penalties(&[a(40, 0), a(40, 0), a(20, 40)], 20, 0.1);
         penalise_weights(&mut w, &p);
         let share = w[2] / w.iter().sum::<f64>();
         assert!(share <= 1.0 / 3.0, "liar share {share}");

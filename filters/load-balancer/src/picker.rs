@@ -126,13 +126,11 @@ impl Picker {
                     members.iter().map(|&i| table.endpoints[i].weight).collect();
                 let any_dynamic =
                     use_dynamic && members.iter().any(|&i| table.endpoints[i].dyn_weight > 0.0);
-                let failures: Vec<Option<f64>> = members
+                let answers: Vec<observed::Answers> = members
                     .iter()
-                    .map(|&i| {
-                        observed.failure_fraction(table.endpoints[i].slot, rate.request_volume)
-                    })
+                    .map(|&i| observed.answers(table.endpoints[i].slot))
                     .collect();
-                let penalties = observed::penalties(&failures, rate.margin);
+                let penalties = observed::penalties(&answers, rate.request_volume, rate.margin);
                 let mut level_weights: Vec<f64> = members
                     .iter()
                     .zip(&weights)

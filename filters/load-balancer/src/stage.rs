@@ -206,7 +206,7 @@ impl LoadBalancer {
         }
         if h.client_address {
             let ip = ex.client_address()?;
-            return Some(fnv1a64(ip.to_string().as_bytes()));
+            return Some(fnv1a64(ip.as_bytes()));
         }
         None
     }

@@ -533,7 +533,8 @@ mod tests {
         let stats = apply_reports(&mut t, &r, S, params(0));
         assert_eq!(stats.stale, 0);
         let w: Vec<f64> = t.endpoints.iter().map(|e| e.dyn_weight).collect();
-        assert_eq!(w, vec![200.0, 400.0, 300.0]);
+        // The missing one gets the (lower) median of 200 and 400.
+        assert_eq!(w, vec![200.0, 400.0, 200.0]);
         let stats = apply_reports(&mut t, &r, 200 * S, params(0));
         assert_eq!(stats.stale, 2);
         assert!(t.endpoints.iter().all(|e| e.dyn_weight == 0.0));

@@ -83,15 +83,14 @@ impl WeightState {
     }
 }
 
-/// The median of `values` (sorted in place); `None` when empty.
+/// The lower median of `values` (sorted in place): the middle value, or
+/// the lower of the two middle ones for an even count, so one high outlier
+/// never moves it (with 2 endpoints the plain median is their mean, which
+/// the outlier sets). `None` when empty.
 pub fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
+    (n > 0).then(|| values[(n - 1) / 2])
 }
 
 /// Gives endpoints without a weight (0) the median of the others and clamps
@@ -301,6 +300,16 @@ mod tests {
             let share = w[2] / w.iter().sum::<f64>();
             assert!(share <= 10.0 / 12.0 + 1e-12, "{outlier}: {share}");
             assert!(w[2] / w[0] <= 10.0);
+            // Two endpoints: the plain median (their mean) would follow the
+            // outlier; the lower median does not (found in real Envoy: a
+            // liar kept 400 of 400 requests).
+            let mut w = [1.0, outlier];
+            fill_and_clamp(&mut w, 0.01, 10.0);
+            assert_eq!(w, [1.0, 10.0], "{outlier}");
+            // Two honest, two liars: each liar at most 10 × an honest one.
+            let mut w = [1.0, 1.0, outlier, outlier];
+            fill_and_clamp(&mut w, 0.01, 10.0);
+            assert_eq!(w, [1.0, 1.0, 10.0, 10.0], "{outlier}");
         }
     }
 

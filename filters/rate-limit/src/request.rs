@@ -4,7 +4,6 @@
 
 use crate::config::{HeaderMatch, KeyPart, Match, Missing, Rule};
 use std::cell::OnceCell;
-use std::net::IpAddr;
 
 /// Where request attributes come from. Values are bytes: clients send anything.
 pub trait RequestSource {
@@ -12,7 +11,7 @@ pub trait RequestSource {
     fn header(&self, name: &str) -> Option<Vec<u8>>;
     /// The client address Envoy determined (`source.address` without the
     /// port; see `switchyard_sdk::client_addr`).
-    fn client_address(&self) -> Option<IpAddr>;
+    fn client_address(&self) -> Option<String>;
     /// `xds.route_name`.
     fn route_name(&self) -> Option<String>;
 }
@@ -73,7 +72,7 @@ impl<'a, S: RequestSource> Request<'a, S> {
     /// The client address Envoy determined, as text.
     pub fn client_address(&self) -> Option<&str> {
         self.client
-            .get_or_init(|| self.source.client_address().map(|ip| ip.to_string()))
+            .get_or_init(|| self.source.client_address())
             .as_deref()
     }
 
@@ -252,7 +251,7 @@ mod tests {
     #[derive(Default)]
     pub struct Fake {
         headers: BTreeMap<String, Vec<u8>>,
-        peer: Option<IpAddr>,
+        peer: Option<String>,
         route: Option<String>,
     }
 
@@ -263,7 +262,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                     .collect(),
-                peer: "7.7.7.7".parse().ok(),
+                peer: Some("7.7.7.7".into()),
                 route: Some("r1".into()),
             }
         }
@@ -273,8 +272,8 @@ mod tests {
         fn header(&self, name: &str) -> Option<Vec<u8>> {
             self.headers.get(name).cloned()
         }
-        fn client_address(&self) -> Option<IpAddr> {
-            self.peer
+        fn client_address(&self) -> Option<String> {
+            self.peer.clone()
         }
         fn route_name(&self) -> Option<String> {
             self.route.clone()

@@ -54,7 +54,7 @@ impl RequestSource for ExchangeSource<'_> {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.0.borrow_mut().request().get(name).map(<[u8]>::to_vec)
     }
-    fn client_address(&self) -> Option<std::net::IpAddr> {
+    fn client_address(&self) -> Option<String> {
         self.0.borrow_mut().client_address()
     }
     fn route_name(&self) -> Option<String> {

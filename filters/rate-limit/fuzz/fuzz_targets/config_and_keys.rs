@@ -25,8 +25,11 @@ impl RequestSource for Fuzzed {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     }
-    fn client_address(&self) -> Option<std::net::IpAddr> {
-        self.peer.as_deref().and_then(switchyard_sdk::client_addr::parse_ip)
+    fn client_address(&self) -> Option<String> {
+        self.peer
+            .as_deref()
+            .and_then(switchyard_sdk::client_addr::host_of)
+            .map(str::to_string)
     }
     fn route_name(&self) -> Option<String> {
         self.route.clone()
