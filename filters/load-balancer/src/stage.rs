@@ -218,7 +218,7 @@ impl LoadBalancer {
         let key = self.hash_key(ex);
         let mut p = self.picking.borrow_mut();
         let p = &mut *p;
-        // The table is re-synced on every tick (≤ 250 ms), not per
+        // The table is re-synced on every tick (20 ms), not per
         // request: a request reads no shared data to pick.
         let table = match p.table.clone() {
             // This VM itself changed the table (an ejection, a discovery
@@ -377,12 +377,20 @@ impl LoadBalancer {
         outcomes.push((s, failed));
         let now = ex.request_clock_nanos();
         let mut picking = self.picking.borrow_mut();
+        let mut any_failed = false;
         for (i, failed) in outcomes {
             if let Some(e) = t.endpoints.get(i) {
                 self.store
                     .record_outcome(&e.address, e.slot, e.fingerprint(), failed);
                 picking.observed.record(e.slot, failed, now);
+                any_failed |= failed;
             }
+        }
+        // A failure may mean another worker has just ejected the endpoint:
+        // check the table now rather than at the next tick (one small read,
+        // on failures only), so this worker stops sending there at once.
+        if any_failed {
+            self.current_table(&mut picking);
         }
     }
 }

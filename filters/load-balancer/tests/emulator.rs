@@ -132,7 +132,7 @@ fn consecutive_failures_on_two_workers_eject() {
         respond(&s, B, "503", None);
     }
     assert_eq!(metric(&host, "ejections"), 1);
-    // w1 ejected, so it follows at once; w2 on its next tick (≤ 250 ms).
+    // w1 ejected, so it follows at once; w2 on its next tick (≤ 20 ms).
     w2.tick();
     for w in [&w1, &w2] {
         for _ in 0..30 {
