@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 use switchyard_sdk::callout::{CalloutError, HttpRequest};
-use switchyard_sdk::codec::Postcard;
+use switchyard_sdk::codec::{Postcard, fnv1a64};
 use switchyard_sdk::config::ConfigError;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host;
@@ -34,7 +34,7 @@ fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let last_etag = core
         .sync
         .as_ref()
-        .map(|sync| Rc::new(SharedValue::new(format!("{}/seen-etag", sync.prefix))));
+        .map(|sync| Rc::new(SharedValue::new(format!("{}/seen-answer", sync.prefix))));
     let poll = core
         .config
         .control
@@ -96,7 +96,16 @@ pub struct DomainRouter {
     /// ETag of the last answer seen by any VM (good or rejected), in shared
     /// data: the next poll (maybe another VM's) sends it as If-None-Match,
     /// so a rejected table is reported once, not on every poll.
-    last_etag: Option<Rc<SharedValue<Postcard<String>>>>,
+    last_etag: Option<Rc<SharedValue<Postcard<SeenAnswer>>>>,
+}
+
+/// The last control answer any VM processed (good or rejected): its ETag,
+/// sent as If-None-Match, and a hash of its body, which decides whether a
+/// 200 answer is new.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct SeenAnswer {
+    etag: String,
+    body_hash: u64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -146,11 +155,14 @@ impl DomainRouter {
         if !self.clock.borrow().due(now, stuck_after) || !job.claim(now) {
             return;
         }
-        let etag = self
+        let seen = self
             .last_etag
             .as_ref()
             .and_then(|e| e.get().ok().flatten())
-            .map(|e| e.0.clone())
+            .map(|e| e.0.clone());
+        let seen_body = seen.as_ref().map(|s| s.body_hash);
+        let etag = seen
+            .map(|s| s.etag)
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| self.core.loaded_etag());
         let mut req = HttpRequest::get(&control.cluster, &control.path)
@@ -167,7 +179,6 @@ impl DomainRouter {
             Rc::clone(&self.clock),
             self.last_etag.clone(),
         );
-        let sent_etag = etag;
         let sent = root.callouts.http(req, move |result| {
             clock.borrow_mut().finished();
             match result {
@@ -176,18 +187,22 @@ impl DomainRouter {
                         .header("etag")
                         .map(|e| String::from_utf8_lossy(e).into_owned())
                         .unwrap_or_default();
-                    // A server that ignores If-None-Match answers 200 with
-                    // the ETag it had: the same table, good or rejected,
-                    // is neither installed nor reported again.
-                    if !etag.is_empty() && etag == sent_etag {
-                        log::debug!("{FILTER}: table not modified (same ETag)");
+                    // The same body as the last answer (a server that
+                    // ignores If-None-Match, or sends no ETag): the same
+                    // table, good or rejected, is neither installed nor
+                    // reported again. The body decides, not the ETag: a new
+                    // table under an old ETag is still a new table.
+                    let body_hash = fnv1a64(&resp.body);
+                    if seen_body == Some(body_hash) {
+                        log::debug!("{FILTER}: table not modified (same answer)");
                         return;
                     }
                     core.accept(&resp.body, &etag);
+                    let answer = SeenAnswer { etag, body_hash };
                     if let Some(seen) = &last_etag
-                        && let Err(e) = seen.set(&Postcard(etag))
+                        && let Err(e) = seen.set(&Postcard(answer))
                     {
-                        log::debug!("{FILTER}: recording the ETag: {e}");
+                        log::debug!("{FILTER}: recording the answer: {e}");
                     }
                 }
                 Err(CalloutError::Status(r)) if r.status == 304 => {

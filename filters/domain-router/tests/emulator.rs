@@ -195,22 +195,23 @@ fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
     assert_eq!(call.header("if-none-match"), Some("\"v2\""));
     poller.respond_http_call(call.token, CallOutcome::status(304, ""));
 
+    // The next poll; answered 200 with `etag` and `body`.
+    let poll_answer = |etag: &str, body: &str| {
+        host.advance(std::time::Duration::from_millis(1000));
+        poller.tick();
+        let call = host.expect_http_call("control");
+        poller.respond_http_call(
+            call.token,
+            CallOutcome::response(200, &[("etag", etag)], body.to_string()),
+        );
+        call
+    };
+    let broken = r#"{"virtual_hosts": [{"domains": ["x"], "rules": [{"cluster": ""}]}]}"#;
+    let failures = || host.metric("switchyard.domain-router.reload_failures");
+
     // A broken table is rejected, counted and logged; the old one stays.
-    host.advance(std::time::Duration::from_millis(1000));
-    poller.tick();
-    let call = host.expect_http_call("control");
-    poller.respond_http_call(
-        call.token,
-        CallOutcome::response(
-            200,
-            &[("etag", "\"v3\"")],
-            r#"{"virtual_hosts": [{"domains": ["x"], "rules": [{"cluster": ""}]}]}"#,
-        ),
-    );
-    assert_eq!(
-        host.metric("switchyard.domain-router.reload_failures"),
-        Some(1)
-    );
+    poll_answer("\"v3\"", broken);
+    assert_eq!(failures(), Some(1));
     host.expect_log_contains("virtual_hosts[0].rules[0].cluster: must not be empty");
     for w in [&w1, &w2] {
         let s = get(w, "shop.example.com", "/", &[]);
@@ -219,51 +220,37 @@ fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
             Some("shop-v2")
         );
     }
-    // The rejected ETag is remembered: the same broken table is not re-reported.
-    host.advance(std::time::Duration::from_millis(1000));
-    poller.tick();
-    let call = host.expect_http_call("control");
+    // The rejected ETag is remembered and sent as If-None-Match. A server
+    // that ignores it sends the same broken table with the same ETag
+    // (found in real Envoy: logged and counted on every poll): neither
+    // counted nor logged again.
+    let call = poll_answer("\"v3\"", broken);
     assert_eq!(call.header("if-none-match"), Some("\"v3\""));
-    // A server that ignores If-None-Match sends the same broken table with
-    // the same ETag (found in real Envoy: logged and counted on every
-    // poll): neither counted nor logged again.
-    poller.respond_http_call(
-        call.token,
-        CallOutcome::response(
-            200,
-            &[("etag", "\"v3\"")],
-            r#"{"virtual_hosts": [{"domains": ["x"], "rules": [{"cluster": ""}]}]}"#,
-        ),
-    );
-    assert_eq!(
-        host.metric("switchyard.domain-router.reload_failures"),
-        Some(1)
-    );
+    assert_eq!(failures(), Some(1));
     // Nor is an unchanged good table installed again.
-    host.advance(std::time::Duration::from_millis(1000));
-    poller.tick();
-    let call = host.expect_http_call("control");
-    poller.respond_http_call(
-        call.token,
-        CallOutcome::response(
-            200,
-            &[("etag", "\"v4\"")],
-            table_routing("shop.example.com", "shop-v4", 4),
-        ),
-    );
+    let v4 = table_routing("shop.example.com", "shop-v4", 4);
+    poll_answer("\"v4\"", &v4);
     assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(2));
-    host.advance(std::time::Duration::from_millis(1000));
-    poller.tick();
-    let call = host.expect_http_call("control");
-    poller.respond_http_call(
-        call.token,
-        CallOutcome::response(
-            200,
-            &[("etag", "\"v4\"")],
-            table_routing("shop.example.com", "shop-v4", 4),
-        ),
-    );
+    poll_answer("\"v4\"", &v4);
     assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(2));
+    // The body decides, not the ETag: a new table under the old ETag is
+    // installed, and without any ETag an unchanged answer is still
+    // unchanged (both found in real Envoy).
+    let v5 = table_routing("shop.example.com", "shop-v5", 5);
+    poll_answer("\"v4\"", &v5);
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(3));
+    assert_eq!(
+        get(poller, "shop.example.com", "/", &[])
+            .request_header("x-switchyard-cluster")
+            .as_deref(),
+        Some("shop-v5")
+    );
+    poll_answer("", &v5);
+    poll_answer("", &v5);
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(3));
+    poll_answer("", broken);
+    poll_answer("", broken);
+    assert_eq!(failures(), Some(2));
 }
 
 #[test]

@@ -201,9 +201,11 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuccessRateConfig {
-    /// How far back answers count, ms (0: off).
+    /// An endpoint's latest answers are forgotten after this long without
+    /// any, ms (0: off).
     pub window_ms: u64,
-    /// Answers an endpoint needs in the window before it is judged.
+    /// Latest answers (at most `observed::DEPTH`, 64) an endpoint needs
+    /// before it is judged.
     pub request_volume: u32,
     /// How much worse than the level's best failure fraction (0..1) an
     /// endpoint may be before it is penalised.
@@ -532,9 +534,9 @@ impl Validate for HealthConfig {
             "must be 0 (off) or between 100 and 3600000",
         )?;
         ensure(
-            s.request_volume >= 1,
+            (1..=crate::observed::DEPTH).contains(&s.request_volume),
             "success_rate.request_volume",
-            "must be >= 1",
+            "must be between 1 and 64",
         )?;
         ensure(
             s.margin.is_finite() && (0.0..1.0).contains(&s.margin),

@@ -128,7 +128,7 @@ impl Picker {
                     use_dynamic && members.iter().any(|&i| table.endpoints[i].dyn_weight > 0.0);
                 let answers: Vec<observed::Answers> = members
                     .iter()
-                    .map(|&i| observed.answers(table.endpoints[i].slot))
+                    .map(|&i| observed.answers(table.endpoints[i].slot, now_ns))
                     .collect();
                 let penalties = observed::penalties(&answers, rate.request_volume, rate.margin);
                 let mut level_weights: Vec<f64> = members
