@@ -9,7 +9,11 @@ use std::time::Duration;
 use switchyard_emulator::{CallOutcome, GrpcOutcome, GrpcStreamEvent, Host};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    // proxy-wasm installs its logger on first use without a lock: two
+    // tests starting VMs at once on their threads would both try (and the
+    // second panics). Once per process.
+    static LOGGER: std::sync::Once = std::sync::Once::new();
+    LOGGER.call_once(|| proxy_wasm::set_log_level(LogLevel::Trace));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PollerRoot) });
 }}
 

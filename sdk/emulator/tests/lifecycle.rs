@@ -11,7 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_emulator::Host;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Trace);
+    // proxy-wasm installs its logger on first use without a lock: two
+    // tests starting VMs at once on their threads would both try (and the
+    // second panics). Once per process.
+    static LOGGER: std::sync::Once = std::sync::Once::new();
+    LOGGER.call_once(|| proxy_wasm::set_log_level(LogLevel::Trace));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GreeterRoot::default()) });
 }}
 

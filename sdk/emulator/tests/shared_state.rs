@@ -10,7 +10,11 @@ use std::thread;
 use switchyard_emulator::{Host, Worker};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // proxy-wasm installs its logger on first use without a lock: two
+    // tests starting VMs at once on their threads would both try (and the
+    // second panics). Once per process.
+    static LOGGER: std::sync::Once = std::sync::Once::new();
+    LOGGER.call_once(|| proxy_wasm::set_log_level(LogLevel::Info));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(CounterRoot { context_id, retries: None })
     });
