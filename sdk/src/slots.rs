@@ -49,6 +49,7 @@ impl SlotTable {
 
     /// The shared-data key recording that every slot exists
     /// (`<prefix>/ready`, value: the slot count as 4 LE bytes).
+    #[cfg(feature = "host")]
     fn ready_key(&self) -> String {
         format!("{}/ready", self.prefix)
     }
@@ -65,6 +66,7 @@ impl SlotTable {
     ///
     /// Errors: the first failing host call; slots created before it stay,
     /// and absent ones are still created on first use (not exact).
+    #[cfg(feature = "host")]
     pub fn create_all(&self) -> Result<u32, crate::host::HostError> {
         use crate::host;
         let ready = self.ready_key();
