@@ -174,9 +174,14 @@ fn request_of(
     if let Some(ua) = str_field(r, &["user_agent", "user_agent.original"]) {
         headers.push(("user-agent".into(), ua.to_string()));
     }
-    // The client chain: a rate limiter or a hash on the client address sees
-    // the same clients in a replay.
-    if let Some(xff) = str_field(r, &["x_forwarded_for"]) {
+    // The same clients in a replay (a rate limiter or a hash on the client
+    // address sees them): the replayer plays one trusted proxy in front of
+    // Envoy, so it sends the client the recording Envoy determined. The
+    // recorded X-Forwarded-For is what Envoy forwarded, its own appended
+    // address included: sent as is, every client would become that one.
+    if let Some(client) = str_field(r, &["client_address", "client.address"]) {
+        headers.push(("x-forwarded-for".into(), client.to_string()));
+    } else if let Some(xff) = str_field(r, &["x_forwarded_for"]) {
         headers.push(("x-forwarded-for".into(), xff.to_string()));
     }
     if let Some(Value::Object(m)) = r.get("request_headers") {
@@ -373,6 +378,21 @@ mod tests {
         assert!(
             notes.iter().any(|n| n.starts_with("5: no method")),
             "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn the_recorded_client_is_the_replayed_one() {
+        // Envoy appended its own address to what it forwarded: the record's
+        // client_address is the client (found replaying rate-limit-burst:
+        // every request became one client and the 429 share doubled).
+        let text = r#"{"start_time":"2026-01-01T00:00:00.000Z","method":"GET","path":"/","authority":"a.test","x_forwarded_for":"203.0.113.9, 10.0.0.1","client_address":"203.0.113.9"}"#;
+        let replay = Replay::parse(text);
+        let h = &replay.requests[0].spec.headers;
+        let xff: Vec<_> = h.iter().filter(|(k, _)| k == "x-forwarded-for").collect();
+        assert_eq!(
+            xff,
+            [&("x-forwarded-for".to_string(), "203.0.113.9".to_string())]
         );
     }
 
