@@ -287,10 +287,10 @@ impl Exchange {
     /// reads it from here), so this costs no crossing when any stage reads
     /// the request headers at all.
     pub(crate) fn strip_request_headers(&mut self, names: &[&str]) {
-        let map = self.request();
-        let present: Vec<&str> = names.iter().copied().filter(|n| map.contains(n)).collect();
-        for name in present {
-            self.remove_request_header(name);
+        for name in names {
+            if self.request().contains(name) {
+                self.remove_request_header(name);
+            }
         }
     }
 

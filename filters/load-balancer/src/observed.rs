@@ -115,6 +115,7 @@ impl Observed {
 
     /// The failure fraction of `slot`; `None` below `request_volume`
     /// answers.
+    #[cfg(test)]
     pub fn failure_fraction(&self, slot: u16, request_volume: u32, now_ns: u64) -> Option<f64> {
         self.answers(slot, now_ns).fraction(request_volume)
     }

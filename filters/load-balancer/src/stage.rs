@@ -143,7 +143,8 @@ impl LoadBalancer {
     }
 
     /// The current table: this VM's copy unless `table_version` moved since
-    /// it was fetched (one small read per call in steady state).
+    /// it was fetched (one small read per call; called on the tick, after
+    /// a failure and when this VM changed the table, never per pick).
     fn current_table(&self, p: &mut Picking) -> Option<Rc<Postcard<Table>>> {
         let published = match self.store.published_version() {
             Ok(v) => v,
