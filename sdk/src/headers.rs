@@ -12,36 +12,66 @@
 //! [`HeaderMap::cookie`] looks through every `Cookie` line.
 
 /// Pairs of one header map (request, response or trailers).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The pairs are spans into one buffer: Envoy's serialised map as the host
+/// handed it over (no copy per header), then whatever this VM set or added.
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    pairs: Vec<(String, Vec<u8>)>,
+    buf: Vec<u8>,
+    /// Per pair, in order: name start, name end, value start, value end.
+    spans: Vec<[usize; 4]>,
 }
 
 impl HeaderMap {
-    /// A map from pairs as Envoy returned them.
+    /// A map from pairs (tests, and maps not read from Envoy).
     pub fn from_pairs(pairs: Vec<(String, Vec<u8>)>) -> Self {
-        HeaderMap { pairs }
+        let mut m = HeaderMap::default();
+        for (k, v) in &pairs {
+            m.push(k.as_bytes(), v);
+        }
+        m
     }
 
-    /// All pairs, in order.
-    pub fn pairs(&self) -> &[(String, Vec<u8>)] {
-        &self.pairs
+    /// The map of a `proxy_get_header_map_pairs` answer, kept as it is;
+    /// `None` when malformed (see [`crate::wire::decode_map_spans`]).
+    pub fn from_wire(buf: Vec<u8>) -> Option<Self> {
+        let spans = crate::wire::decode_map_spans(&buf)?;
+        Some(HeaderMap { buf, spans })
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let n = self.buf.len();
+        self.buf.extend(name.iter().map(u8::to_ascii_lowercase));
+        let v = self.buf.len();
+        self.buf.extend_from_slice(value);
+        self.spans.push([n, v, v, self.buf.len()]);
+    }
+
+    fn pair(&self, s: &[usize; 4]) -> (&[u8], &[u8]) {
+        (
+            self.buf.get(s[0]..s[1]).unwrap_or_default(),
+            self.buf.get(s[2]..s[3]).unwrap_or_default(),
+        )
+    }
+
+    /// All pairs, in order: (name, value) as bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans.iter().map(|s| self.pair(s))
     }
 
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.spans.is_empty()
     }
 
     /// The first value of `name`; `None` when absent.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// The first value of `name` when it is valid UTF-8.
@@ -56,10 +86,9 @@ impl HeaderMap {
 
     /// Every value of `name`, in arrival order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// Every value of `name` joined with `", "`, as a proxy folds repeated
@@ -88,19 +117,44 @@ impl HeaderMap {
     /// Replaces every value of `name` with `value` (appends when absent).
     pub fn set(&mut self, name: &str, value: &[u8]) {
         self.remove(name);
-        self.pairs.push((name.to_ascii_lowercase(), value.to_vec()));
+        self.push(name.as_bytes(), value);
     }
 
     /// Appends a value, keeping existing ones.
     pub fn add(&mut self, name: &str, value: &[u8]) {
-        self.pairs.push((name.to_ascii_lowercase(), value.to_vec()));
+        self.push(name.as_bytes(), value);
     }
 
-    /// Removes every value of `name`; whether there was one.
+    /// Removes every value of `name`; whether there was one. (The bytes stay
+    /// in the buffer until the map is dropped: maps live for one request.)
     pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.pairs.len();
-        self.pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        self.pairs.len() != before
+        let before = self.spans.len();
+        let buf = &self.buf;
+        self.spans.retain(|s| {
+            !buf.get(s[0]..s[1])
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(name.as_bytes())
+        });
+        self.spans.len() != before
+    }
+}
+
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v))),
+            )
+            .finish()
     }
 }
 
@@ -158,6 +212,36 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
         )
+    }
+
+    /// A map read from Envoy's serialised form keeps every pair; edits
+    /// after it (set, add, remove) see and change the same pairs.
+    #[test]
+    fn wire_maps_read_in_place_and_take_edits() {
+        let wire = crate::wire::encode_map(&[
+            (":path", &b"/a"[..]),
+            ("cookie", b"a=1"),
+            ("x-bin", b"\xff\x00"),
+            ("Cookie", b"b=2"),
+        ]);
+        let mut m = HeaderMap::from_wire(wire).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m.get("x-bin"), Some(&b"\xff\x00"[..]));
+        assert_eq!(m.cookie("b"), Some(&b"2"[..]));
+        m.set("cookie", b"c=3");
+        m.add("X-New", b"1");
+        assert!(m.remove(":path"));
+        assert!(!m.remove(":path"));
+        let pairs: Vec<(&[u8], &[u8])> = m.iter().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (&b"x-bin"[..], &b"\xff\x00"[..]),
+                (b"cookie", b"c=3"),
+                (b"x-new", b"1")
+            ]
+        );
+        assert!(HeaderMap::from_wire(vec![9, 0, 0, 0, 1]).is_none());
     }
 
     #[test]

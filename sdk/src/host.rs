@@ -185,6 +185,20 @@ pub fn header_pairs(map: MapType) -> HostResult<Vec<(String, Vec<u8>)>> {
     })
 }
 
+/// A whole header map in one call, kept as Envoy serialised it
+/// ([`HeaderMap::from_wire`]: no copy per header).
+pub fn header_map(map: MapType) -> HostResult<crate::headers::HeaderMap> {
+    let (mut ptr, mut len) = (null_mut(), 0usize);
+    // SAFETY: out-pointers to locals; the buffer is taken exactly once.
+    let status = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
+    check("proxy_get_header_map_pairs", status)?;
+    let bytes = unsafe { take(ptr, len) }.unwrap_or_default();
+    crate::headers::HeaderMap::from_wire(bytes).ok_or(HostError {
+        call: "proxy_get_header_map_pairs",
+        status: status::SERIALIZATION_FAILURE,
+    })
+}
+
 /// One header's value; `None` when absent.
 pub fn header(map: MapType, name: &str) -> HostResult<Option<Vec<u8>>> {
     let (mut ptr, mut len) = (null_mut(), 0usize);

@@ -180,7 +180,8 @@ pub struct Exchange {
     request: MapView,
     response: MapView,
     trailers: MapView,
-    properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    /// Memoised properties by path (paths are static: no key allocation).
+    properties: Vec<(&'static [&'static str], Option<Vec<u8>>)>,
     now: Option<u64>,
     /// The clock as first read while the request headers were handled.
     request_clock: Option<u64>,
@@ -229,11 +230,9 @@ impl Exchange {
     fn map(&mut self, kind: MapType) -> &HeaderMap {
         let view = self.view(kind);
         view.map.get_or_insert_with(|| {
-            HeaderMap::from_pairs(
-                host::header_pairs(kind)
-                    .map_err(|e| log::debug!("{e}"))
-                    .unwrap_or_default(),
-            )
+            host::header_map(kind)
+                .map_err(|e| log::debug!("{e}"))
+                .unwrap_or_default()
         })
     }
 
@@ -331,20 +330,15 @@ impl Exchange {
     }
 
     /// A property such as `["source", "address"]`, read once per request.
-    pub fn property(&mut self, path: &[&str]) -> Option<&[u8]> {
-        let i = match self
-            .properties
-            .iter()
-            .position(|(p, _)| p.iter().map(String::as_str).eq(path.iter().copied()))
-        {
+    pub fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]> {
+        let i = match self.properties.iter().position(|(p, _)| *p == path) {
             Some(i) => i,
             None => {
                 let value = host::property(path)
                     .map_err(|e| log::debug!("{e}"))
                     .ok()
                     .flatten();
-                self.properties
-                    .push((path.iter().map(|s| s.to_string()).collect(), value));
+                self.properties.push((path, value));
                 self.properties.len() - 1
             }
         };
@@ -352,14 +346,14 @@ impl Exchange {
     }
 
     /// A string property (UTF-8), memoised.
-    pub fn property_str(&mut self, path: &[&str]) -> Option<String> {
+    pub fn property_str(&mut self, path: &'static [&'static str]) -> Option<String> {
         self.property(path)
             .and_then(|b| std::str::from_utf8(b).ok())
             .map(str::to_string)
     }
 
     /// An integer property (8 bytes little-endian), memoised.
-    pub fn property_int(&mut self, path: &[&str]) -> Option<i64> {
+    pub fn property_int(&mut self, path: &'static [&'static str]) -> Option<i64> {
         self.property(path).and_then(crate::properties::decode_i64)
     }
 

@@ -35,6 +35,25 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 /// only admits token characters in names); values stay bytes because clients
 /// can send anything there.
 pub fn decode_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let spans = decode_map_spans(bytes)?;
+    Some(
+        spans
+            .iter()
+            .map(|s| {
+                let key = bytes.get(s[0]..s[1]).unwrap_or_default();
+                let value = bytes.get(s[2]..s[3]).unwrap_or_default();
+                (String::from_utf8_lossy(key).into_owned(), value.to_vec())
+            })
+            .collect(),
+    )
+}
+
+/// Where the pairs of a serialised header map lie in `bytes`: per pair,
+/// name start, name end, value start, value end. `None` when the count,
+/// a length or the total does not fit `bytes`. Layout (proxy-wasm ABI): a
+/// u32 count, then a u32 name length and a u32 value length per pair, then
+/// each name and value followed by a NUL.
+pub fn decode_map_spans(bytes: &[u8]) -> Option<Vec<[usize; 4]>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -43,18 +62,18 @@ pub fn decode_map(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     if count > bytes.len() / 10 {
         return None;
     }
-    let mut pairs = Vec::with_capacity(count);
+    let mut spans = Vec::with_capacity(count);
     let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
     for i in 0..count {
         let klen = read_u32(bytes, 4 + i * 8)?;
         let vlen = read_u32(bytes, 8 + i * 8)?;
-        let key = bytes.get(data..data.checked_add(klen)?)?;
-        data = data.checked_add(klen + 1)?;
-        let value = bytes.get(data..data.checked_add(vlen)?)?;
-        data = data.checked_add(vlen + 1)?;
-        pairs.push((String::from_utf8_lossy(key).into_owned(), value.to_vec()));
+        let key_end = data.checked_add(klen)?;
+        let value_start = key_end.checked_add(1)?;
+        let value_end = value_start.checked_add(vlen)?;
+        spans.push([data, key_end, value_start, value_end]);
+        data = value_end.checked_add(1)?;
     }
-    (data <= bytes.len()).then_some(pairs)
+    (data <= bytes.len()).then_some(spans)
 }
 
 /// Serialises a property path (`["xds", "route_name"]`) as NUL-joined segments.

@@ -21,32 +21,55 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Bytes that [`push_escaped`] stops at: `"`, `\\`, the C0 controls, and
+/// 0xE2 (the lead byte of U+2028/U+2029). Everything else is copied in runs.
+const STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0xe2] = true;
+    t
+};
+
 /// Appends `s` to `out` escaped for a JSON string, without quotes (for a
-/// key written in pieces).
+/// key written in pieces). Runs without a [`STOP`] byte are copied whole:
+/// records are mostly plain ASCII, and this runs for every field of every
+/// record.
 pub fn push_escaped(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
-    let (mut done, mut i) = (0, 0);
-    while let Some(&b) = bytes.get(i) {
-        let escape = match b {
-            b'"' => Some(("\\\"", 1)),
-            b'\\' => Some(("\\\\", 1)),
-            b'\n' => Some(("\\n", 1)),
-            b'\r' => Some(("\\r", 1)),
-            b'\t' => Some(("\\t", 1)),
-            0x08 => Some(("\\b", 1)),
-            0x0c => Some(("\\f", 1)),
+    // `done`: copied up to here; `from`: scanned up to here.
+    let (mut done, mut from) = (0, 0);
+    while let Some(skip) = bytes
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|b| STOP[usize::from(*b)]))
+    {
+        let i = from + skip;
+        let b = bytes[i];
+        let (escape, len) = match b {
+            b'"' => ("\\\"", 1),
+            b'\\' => ("\\\\", 1),
+            b'\n' => ("\\n", 1),
+            b'\r' => ("\\r", 1),
+            b'\t' => ("\\t", 1),
+            0x08 => ("\\b", 1),
+            0x0c => ("\\f", 1),
             // The other control characters: `\u00XX` below.
-            0x00..=0x1f => Some(("", 1)),
-            0xe2 => match bytes.get(i + 1..i + 3) {
-                Some([0x80, 0xa8]) => Some(("\\u2028", 3)),
-                Some([0x80, 0xa9]) => Some(("\\u2029", 3)),
-                _ => None,
+            0x00..=0x1f => ("", 1),
+            // 0xE2: only U+2028 and U+2029 (JavaScript line terminators)
+            // are escaped; other characters starting with it stay.
+            _ => match bytes.get(i + 1..i + 3) {
+                Some([0x80, 0xa8]) => ("\\u2028", 3),
+                Some([0x80, 0xa9]) => ("\\u2029", 3),
+                _ => {
+                    from = i + 1;
+                    continue;
+                }
             },
-            _ => None,
-        };
-        let Some((escape, len)) = escape else {
-            i += 1;
-            continue;
         };
         // invariant: `i` is at an ASCII byte or the lead byte 0xE2, so a
         // character boundary.
@@ -58,8 +81,8 @@ pub fn push_escaped(out: &mut String, s: &str) {
         } else {
             out.push_str(escape);
         }
-        i += len;
-        done = i;
+        done = i + len;
+        from = done;
     }
     out.push_str(&s[done..]);
 }
@@ -344,11 +367,14 @@ mod tests {
             assert_eq!(ours, theirs, "{text:?}");
         }
         let mut all = String::new();
-        push_json_str(&mut all, "\u{0}\u{1f}\u{7f}\u{2028}\u{2029}\u{2027}é\"\\");
+        push_json_str(
+            &mut all,
+            "\u{0}\u{1f}\u{7f}\u{2028}\u{2029}\u{2027}é€\"\\\u{2028}",
+        );
         // DEL and other non-control characters stay raw.
         assert_eq!(
             all,
-            "\"\\u0000\\u001f\u{7f}\\u2028\\u2029\u{2027}é\\\"\\\\\""
+            "\"\\u0000\\u001f\u{7f}\\u2028\\u2029\u{2027}é€\\\"\\\\\\u2028\""
         );
     }
 

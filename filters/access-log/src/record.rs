@@ -14,7 +14,6 @@ use crate::config::{Config, Naming, Sampling};
 use crate::encode::{push_escaped, push_json_str};
 use crate::timefmt;
 use std::borrow::Cow;
-use std::fmt::Write;
 // Re-exported: a [`Facts`] is made of them.
 pub use switchyard_sdk::headers::HeaderMap;
 pub use switchyard_sdk::stage::Decisions;
@@ -294,6 +293,11 @@ pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
 /// then [`clip`]. Control bytes stay; the JSON writer escapes them. Borrows
 /// unless something had to change.
 fn repaired(bytes: &[u8], max: usize) -> Cow<'_, str> {
+    // Valid UTF-8 is the rule: `from_utf8` checks ASCII runs word by word,
+    // where the lossy iterator goes chunk by chunk.
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return clip(s, max);
+    }
     match String::from_utf8_lossy(bytes) {
         Cow::Borrowed(s) => clip(s, max),
         Cow::Owned(s) => Cow::Owned(clip(&s, max).into_owned()),
@@ -440,23 +444,33 @@ impl Out<'_> {
     /// Writes a field; an absent value is `null` under Envoy naming (a fixed
     /// schema, as Envoy's JSON format) and left out under OTel naming
     /// (absent attributes, as the OTel data model).
-    fn put(&mut self, name: &str, value: Option<Val<'_>>) {
+    /// `name` is one of the record's own field names (plain ASCII, nothing
+    /// to escape), written as it is.
+    fn put(&mut self, name: &'static str, value: Option<Val<'_>>) {
+        let present = value.is_some();
+        if !present && self.config.naming != Naming::Envoy {
+            return;
+        }
+        debug_assert!(
+            !name
+                .bytes()
+                .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80)
+        );
+        if !self.empty {
+            self.line.push(',');
+        }
+        self.empty = false;
+        self.line.push('"');
+        self.line.push_str(name);
+        self.line.push_str("\":");
         match value {
-            Some(v) => {
-                self.key("", name);
-                self.value(v);
-            }
-            None if self.config.naming == Naming::Envoy => {
-                self.key("", name);
-                self.line.push_str("null");
-            }
-            None => {}
+            Some(v) => self.value(v),
+            None => self.line.push_str("null"),
         }
     }
 
     fn value(&mut self, v: Val<'_>) {
         let max = self.config.max_field_bytes;
-        // Writing to a String cannot fail: the `write!` results are ignored.
         match v {
             Val::Str(s) => push_json_str(&mut self.line, s),
             Val::Text(b) => push_json_str(&mut self.line, &repaired(b, max)),
@@ -469,9 +483,7 @@ impl Out<'_> {
                 self.value(Val::Header(name, b));
                 self.line.push(']');
             }
-            Val::Num(n) => {
-                let _ = write!(self.line, "{n}");
-            }
+            Val::Num(n) => self.line.push_str(itoa::Buffer::new().format(n)),
             Val::Time(ns) => {
                 self.line.push('"');
                 timefmt::write_rfc3339_ms(&mut self.line, ns);

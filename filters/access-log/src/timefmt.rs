@@ -15,21 +15,27 @@ pub fn format_rfc3339_ms(unix_nanos: u64) -> String {
 /// Appends the [`format_rfc3339_ms`] form to `out` (records are written
 /// into one buffer, without a temporary string per timestamp).
 pub fn write_rfc3339_ms(out: &mut String, unix_nanos: u64) {
-    use std::fmt::Write;
     let ms_total = unix_nanos / NANOS_PER_MS;
-    let ms = ms_total % 1000;
     let secs = ms_total / 1000;
-    let days = secs / SECS_PER_DAY;
     let rem = secs % SECS_PER_DAY;
-    let (y, m, d) = civil_from_days(days as i64);
-    // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    );
+    let (y, m, d) = civil_from_days((secs / SECS_PER_DAY) as i64);
+    // Fixed-width digits by hand: `write!` costs more than the rest of a
+    // record's numbers together (it runs once per record).
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for k in (at..at + width).rev() {
+            b[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, m.into());
+    put(8, 2, d.into());
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem % 3600) / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, ms_total % 1000);
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (what [`format_rfc3339_ms`]
