@@ -965,6 +965,93 @@ pub fn lb_quality_markdown(rows: &[LbQuality], cfg: &LbQualityConfig) -> String 
     out
 }
 
+/// Envoy's resident memory with the domain router's small and large tables
+/// at one and at four workers, against no filter at the same concurrency
+/// (wasm VMs, one per worker plus the main thread's, live outside Envoy's
+/// heap statistics: RSS is what shows them).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryRow {
+    pub name: String,
+    pub workers: u32,
+    pub rss_kib: u64,
+    /// Over no filter at the same concurrency, MiB.
+    pub added_mib: f64,
+    /// `added_mib` / workers.
+    pub per_worker_mib: f64,
+}
+
+/// Goal of the per-request-cost issue: the 100 000-domain table adds at
+/// most this much RSS per worker at four workers.
+pub const TABLE_RSS_GOAL_MIB: f64 = 40.0;
+
+/// Starts each memory variant at 1 and 4 workers, sends requests until every
+/// worker has served some, and reads RSS.
+pub async fn memory(cfg: &BenchConfig, progress: impl Fn(&str)) -> Result<Vec<MemoryRow>> {
+    let backend = Backend::start(BackendSpec::new("mem")).await?;
+    let backends = [backend];
+    let all = standard_variants();
+    let pick = |name: &str| all.iter().find(|v| v.name == name).cloned();
+    let names = [
+        "no filter",
+        "domain-router (10 hosts)",
+        "domain-router (100 000 hosts)",
+    ];
+    let mut rows = Vec::new();
+    for workers in [1u32, 4] {
+        let mut base = 0u64;
+        for name in names {
+            let Some(v) = pick(name) else { continue };
+            progress(&format!("memory: {name}, {workers} workers"));
+            let envoy = start_variant(&v, &backends, cfg.envoy_cpu, workers).await?;
+            let ingress = envoy.listener("ingress")?;
+            // Many connections, so every worker takes some (each has its VM
+            // already; this makes them touch their per-request paths too).
+            wrk(ingress, &v.host, &v.path, 64, Duration::from_secs(1)).await?;
+            let rss = envoy.pid().map_or(0, rss_kib);
+            if v.role == Role::Baseline {
+                base = rss;
+            }
+            let added = (rss as f64 - base as f64) / 1024.0;
+            rows.push(MemoryRow {
+                name: name.to_string(),
+                workers,
+                rss_kib: rss,
+                added_mib: added,
+                per_worker_mib: added / f64::from(workers),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The memory table, with the goal for the large table at four workers.
+pub fn memory_markdown(rows: &[MemoryRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "\n| memory | workers | RSS MiB | + vs no filter MiB | + per worker MiB | goal |\n|---|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        let goal = if r.name.contains("100 000") && r.workers == 4 {
+            format!(
+                "≤ +{TABLE_RSS_GOAL_MIB:.0} MiB per worker: {}",
+                verdict(r.per_worker_mib <= TABLE_RSS_GOAL_MIB)
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:+.1} | {:+.1} | {goal} |",
+            r.name,
+            r.workers,
+            r.rss_kib as f64 / 1024.0,
+            r.added_mib,
+            r.per_worker_mib
+        );
+    }
+    out
+}
+
 /// Everything `make bench` runs: the variants, then the LB quality run;
 /// writes `bench-<time>.json` and `latest.md` under `out`, prints the tables.
 pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<()> {
@@ -979,6 +1066,11 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         })
         .collect();
     let report = run(&variants, cfg, progress).await?;
+    let mem = if cfg.only.is_empty() || cfg.only.iter().any(|o| o.contains("memory")) {
+        memory(cfg, progress).await?
+    } else {
+        Vec::new()
+    };
     let lb_cfg = LbQualityConfig::default();
     let lb = if cfg.only.is_empty() {
         lb_quality(&lb_cfg, cfg.envoy_cpu, progress).await?
@@ -991,12 +1083,13 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let json = out.join(format!("bench-{stamp}.json"));
-    let doc =
-        serde_json::json!({"variants": report, "lb_quality": {"config": lb_cfg, "results": lb}});
+    let doc = serde_json::json!({"variants": report, "memory": mem,
+        "lb_quality": {"config": lb_cfg, "results": lb}});
     std::fs::write(&json, serde_json::to_vec_pretty(&doc)?)?;
     let table = format!(
-        "{}\n{}",
+        "{}{}\n{}",
         report.markdown(),
+        memory_markdown(&mem),
         lb_quality_markdown(&lb, &lb_cfg)
     );
     std::fs::write(out.join("latest.md"), &table)?;

@@ -77,9 +77,11 @@ fn rule_counters(router: &Router) -> Rc<[Counter]> {
 
 impl Core {
     /// Builds the VM state; the inline table was validated with the config.
-    pub fn new(config: Config) -> Result<Core, String> {
-        let router = match &config.table {
-            Some(doc) => table::compile(doc).map_err(|e| format!("table: {e}"))?,
+    pub fn new(mut config: Config) -> Result<Core, String> {
+        // The document is not kept once compiled: for a large table it is
+        // larger than the compiled router, and a later table reuses its space.
+        let router = match config.table.take() {
+            Some(doc) => table::compile(&doc).map_err(|e| format!("table: {e}"))?,
             None => Router::empty(),
         };
         let no_match_body = serde_json::to_vec(&config.no_match.body).unwrap_or_default();
