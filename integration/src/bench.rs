@@ -408,7 +408,7 @@ const BASE: &str = include_str!("../templates/bench/base.yaml");
 fn wasm_filter(name: &str, module: &str, config: &serde_json::Value) -> String {
     let config = serde_json::to_string(&config.to_string()).unwrap_or_default();
     format!(
-        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n      name: {name}\n      root_id: {name}\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n        value: {config}\n      vm_config:\n        vm_id: {name}\n        runtime: envoy.wasm.runtime.v8\n        code:\n          local: {{ filename: \"{{{{ wasm_dir }}}}/{module}.wasm\" }}\n"
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n      name: {name}\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n        value: {config}\n      vm_config:\n        vm_id: {name}\n        runtime: envoy.wasm.runtime.v8\n        code:\n          local: {{ filename: \"{{{{ wasm_dir }}}}/{module}.wasm\" }}\n"
     )
 }
 

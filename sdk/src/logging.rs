@@ -22,10 +22,38 @@ impl log::Log for HostLogger {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        host::log(level, &record.args().to_string());
+        let line = record.args().to_string();
+        PLUGIN_NAME.with(|name| {
+            let name = name.borrow();
+            host::log(level, own_prefix_stripped(&line, &name));
+        });
     }
 
     fn flush(&self) {}
+}
+
+thread_local! {
+    /// The plugin's name as Envoy knows it (its `name`), which Envoy already
+    /// puts at the start of every line of this plugin.
+    static PLUGIN_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Records the plugin's name (at configure), so lines that start with
+/// `<name>: ` lose that prefix: Envoy writes `wasm log <name> <root_id>: `
+/// before every line already. A chain module's stages keep theirs (the
+/// plugin is `switchyard`, the line says which stage).
+pub fn set_plugin_name(name: &str) {
+    PLUGIN_NAME.with(|n| *n.borrow_mut() = name.to_string());
+}
+
+/// `line` without a leading `<name>: ` (when `name` is non-empty).
+fn own_prefix_stripped<'a>(line: &'a str, name: &str) -> &'a str {
+    if name.is_empty() {
+        return line;
+    }
+    line.strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(line)
 }
 
 /// Routes `log::*!` to Envoy at Envoy's level for this plugin (so disabled
@@ -46,6 +74,32 @@ pub fn init() {
     std::panic::set_hook(Box::new(|info| {
         host::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::own_prefix_stripped;
+
+    #[test]
+    fn the_plugins_own_name_is_not_repeated() {
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", "rate-limit"),
+            "ready"
+        );
+        // Another stage's name stays (a chain's lines say which stage).
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", "switchyard"),
+            "rate-limit: ready"
+        );
+        assert_eq!(
+            own_prefix_stripped("rate-limiter x", "rate-limit"),
+            "rate-limiter x"
+        );
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", ""),
+            "rate-limit: ready"
+        );
+    }
 }
 
 /// Lines a [`Throttle`] let through or held back, by cause.

@@ -220,6 +220,9 @@ impl ModuleRoot {
     }
 
     pub(crate) fn on_configure(&mut self) -> bool {
+        if let Some(name) = crate::properties::plugin_name() {
+            crate::logging::set_plugin_name(&name);
+        }
         let raw = match host::plugin_configuration() {
             Ok(b) => b,
             Err(e) => {
