@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench new-filter sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat new-filter sweep clean
 
 all: build
 
@@ -49,13 +49,20 @@ integration-test: build
 	@status=0; $(CARGO) test -p switchyard-integration --test '*' -- --nocapture --test-threads 2 || status=$$?; \
 	  $(MAKE) --no-print-directory sweep; exit $$status
 
-## test: everything CI runs.
+## test: everything CI runs: the full suite on the set-up Envoy (1.40), then
+## the compat smoke on the older releases.
 test: setup build lint unit-test wasm-test validate-configs integration-test
+	@SWITCHYARD_COMPAT_SKIP="$$(cat build/envoy-version)" scripts/compat.sh
 	@echo "make test: all stages passed"
 
 ## demo: Envoy (Docker when available) with the filters, backends and traffic.
 demo: setup build
 	$(CARGO) run -q -p switchyard-integration --bin switchyard-harness -- demo
+
+## compat: every supported Envoy release (1.36-1.40 wheels): validate every
+## envoy-configs file and a smoke run of the chain in real Envoy on each.
+compat: setup build
+	@scripts/compat.sh
 
 ## bench: every filter vs no filter and vs native Envoy, as ratios (see BENCHMARKS.md).
 ## Envoy is pinned to core 0, the harness (wrk, backend, latency client) to the rest.

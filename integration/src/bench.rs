@@ -395,7 +395,9 @@ pub async fn run(
         r.added_cpu_us = r.cpu_us_per_request - base_cpu;
     }
     Ok(BenchReport {
-        envoy_version: crate::paths::setup_record("envoy-version").unwrap_or_default(),
+        envoy_version: Runtime::native()
+            .map(|r| r.envoy_version())
+            .unwrap_or_else(|_| "?".into()),
         config: cfg.clone(),
         variants: results,
         module_sizes: module_sizes(),

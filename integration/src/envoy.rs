@@ -92,6 +92,24 @@ impl Runtime {
         }
     }
 
+    /// The version of the Envoy this runtime runs (`1.36.4`), from the binary
+    /// or image itself (`envoy --version`), not from the set-up record: a
+    /// run with `SWITCHYARD_ENVOY_BINARY` or another image names what ran.
+    /// `"?"` when it cannot be read.
+    pub fn envoy_version(&self) -> String {
+        let out = match self {
+            Runtime::Native { binary } => {
+                std::process::Command::new(binary).arg("--version").output()
+            }
+            Runtime::Docker { image } => std::process::Command::new("docker")
+                .args(["run", "--rm", image, "--version"])
+                .output(),
+        };
+        out.ok()
+            .and_then(|o| version_of(&String::from_utf8_lossy(&o.stdout)))
+            .unwrap_or_else(|| "?".into())
+    }
+
     /// The wasm directory as Envoy sees it.
     fn wasm_dir(&self) -> PathBuf {
         match self {
@@ -99,6 +117,17 @@ impl Runtime {
             Runtime::Native { .. } => paths::wasm_dir(),
         }
     }
+}
+
+/// The release in `envoy --version` output (`.../1.36.4/Clean/RELEASE/...`).
+fn version_of(text: &str) -> Option<String> {
+    text.split('/')
+        .find(|part| {
+            let mut it = part.split('.');
+            part.split('.').count() == 3
+                && it.all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
 }
 
 fn docker_answers() -> bool {
@@ -685,4 +714,14 @@ impl Drop for Envoy {
 
 fn read_admin_address(path: &str) -> Option<SocketAddr> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_release_is_read_from_envoy_version_output() {
+        let text = "\n/root/envoy version: 2c8b5a5e/1.36.4/Clean/RELEASE/BoringSSL\n\n";
+        assert_eq!(super::version_of(text).as_deref(), Some("1.36.4"));
+        assert_eq!(super::version_of("no version here"), None);
+    }
 }

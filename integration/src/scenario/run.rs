@@ -755,7 +755,7 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
         file: s.source.as_ref().map(|p| p.display().to_string()),
         mode: mode.into(),
         runtime: runtime.name().into(),
-        envoy_version: paths::setup_record("envoy-version").unwrap_or_else(|_| "?".into()),
+        envoy_version: runtime.envoy_version(),
         scale: opts.scale,
         started_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
