@@ -541,7 +541,6 @@ impl Stage for LoadBalancer {
         if self.weights_job.claim(now) {
             jobs::update_weights(&self.store, now);
         }
-        self.store.flush_health();
         // Follow the published table (weights, ejections, discovery): the
         // one shared-data read that requests no longer make.
         if let Ok(mut p) = self.picking.try_borrow_mut() {

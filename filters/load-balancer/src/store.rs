@@ -33,10 +33,6 @@ pub struct Store {
     version: SharedValue<u64>,
     /// Per slot: the last load record this VM wrote, to skip redundant writes.
     written: RefCell<Vec<Option<LoadRecord>>>,
-    /// Per slot: a success seen since the last flush, with the endpoint's
-    /// fingerprint: the reset of its shared failure count, written on the
-    /// next tick ([`Store::flush_health`]) instead of once per request.
-    pending_clear: RefCell<Vec<Option<u64>>>,
     /// This VM published a table since the stage last synced: its own
     /// picks follow at once (other VMs on their next tick).
     published_here: std::cell::Cell<bool>,
@@ -52,7 +48,6 @@ impl Store {
             version: SharedValue::new(format!("{prefix}/table_version")),
             stats: Stats::new(slots),
             written: RefCell::new(vec![None; slots]),
-            pending_clear: RefCell::new(vec![None; slots]),
             published_here: std::cell::Cell::new(false),
             prefix,
             config,
@@ -190,17 +185,17 @@ impl Store {
         if !h.enabled {
             return;
         }
+        let cell = SharedValue::<HealthRecord>::new(self.key(&format!("health/{slot}")));
         if !failed {
-            // The reset waits for the tick: a success costs no host call.
-            if let Some(p) = self.pending_clear.borrow_mut().get_mut(usize::from(slot)) {
-                *p = Some(fingerprint);
+            let cleared = HealthRecord {
+                fingerprint,
+                consecutive: 0,
+            };
+            if let Err(e) = cell.set(&cleared) {
+                log::debug!("{FILTER}: health record of {address}: {e}");
             }
             return;
         }
-        // This worker's own earlier success comes first, so its order of
-        // outcomes stays exact.
-        self.flush_slot(slot);
-        let cell = SharedValue::<HealthRecord>::new(self.key(&format!("health/{slot}")));
         let eject = cell.update(|cur| {
             match health::step(cur.copied(), fingerprint, true, h.consecutive_failures) {
                 Step::Keep => Update::Keep(false),
@@ -212,36 +207,6 @@ impl Store {
             Ok(true) => self.eject(address),
             Ok(false) => {}
             Err(e) => log::debug!("{FILTER}: health record of {address}: {e}"),
-        }
-    }
-
-    /// Writes the resets of the failure counts that successes since the last
-    /// flush owe (called on every tick). Until then another worker's
-    /// failures may still count across this worker's success: the streak is
-    /// consecutive up to one tick.
-    pub fn flush_health(&self) {
-        let slots = self.pending_clear.borrow().len();
-        for slot in 0..slots {
-            self.flush_slot(slot as u16);
-        }
-    }
-
-    fn flush_slot(&self, slot: u16) {
-        let pending = self
-            .pending_clear
-            .borrow_mut()
-            .get_mut(usize::from(slot))
-            .and_then(Option::take);
-        let Some(fingerprint) = pending else {
-            return;
-        };
-        let cell = SharedValue::<HealthRecord>::new(self.key(&format!("health/{slot}")));
-        let cleared = HealthRecord {
-            fingerprint,
-            consecutive: 0,
-        };
-        if let Err(e) = cell.set(&cleared) {
-            log::debug!("{FILTER}: health record of slot {slot}: {e}");
         }
     }
 
