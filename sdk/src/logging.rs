@@ -76,32 +76,6 @@ pub fn init() {
     }));
 }
 
-#[cfg(test)]
-mod prefix_tests {
-    use super::own_prefix_stripped;
-
-    #[test]
-    fn the_plugins_own_name_is_not_repeated() {
-        assert_eq!(
-            own_prefix_stripped("rate-limit: ready", "rate-limit"),
-            "ready"
-        );
-        // Another stage's name stays (a chain's lines say which stage).
-        assert_eq!(
-            own_prefix_stripped("rate-limit: ready", "switchyard"),
-            "rate-limit: ready"
-        );
-        assert_eq!(
-            own_prefix_stripped("rate-limiter x", "rate-limit"),
-            "rate-limiter x"
-        );
-        assert_eq!(
-            own_prefix_stripped("rate-limit: ready", ""),
-            "rate-limit: ready"
-        );
-    }
-}
-
 /// Lines a [`Throttle`] let through or held back, by cause.
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -177,5 +151,31 @@ mod tests {
         assert_eq!(t.admit("shared", 6 * s, 10 * s), Some(0), "another cause");
         assert_eq!(t.admit("rls", 15 * s, 10 * s), Some(20));
         assert_eq!(t.admit("rls", 16 * s, 10 * s), None);
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::own_prefix_stripped;
+
+    #[test]
+    fn the_plugins_own_name_is_not_repeated() {
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", "rate-limit"),
+            "ready"
+        );
+        // Another stage's name stays (a chain's lines say which stage).
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", "switchyard"),
+            "rate-limit: ready"
+        );
+        assert_eq!(
+            own_prefix_stripped("rate-limiter x", "rate-limit"),
+            "rate-limiter x"
+        );
+        assert_eq!(
+            own_prefix_stripped("rate-limit: ready", ""),
+            "rate-limit: ready"
+        );
     }
 }

@@ -49,6 +49,7 @@ pub fn push_escaped(out: &mut String, s: &str) {
         .and_then(|rest| rest.iter().position(|b| STOP[usize::from(*b)]))
     {
         let i = from + skip;
+        // invariant: `position` found `i` inside `bytes[from..]`.
         let b = bytes[i];
         let (escape, len) = match b {
             b'"' => ("\\\"", 1),
