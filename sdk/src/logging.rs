@@ -96,6 +96,8 @@ impl Throttle {
             }
             None => self.causes.len() - 1,
         };
+        // invariant: `i` is a found position, the slot just pushed, or the
+        // last of 64 (the list is full there).
         let (_, last, held) = &mut self.causes[i];
         if *last != 0 && now_ns.saturating_sub(*last) < period_ns {
             *held += 1;
