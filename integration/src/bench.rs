@@ -982,12 +982,34 @@ pub struct MemoryRow {
     pub per_worker_mib: f64,
 }
 
+/// The 100 000-domain table from a control endpoint (memory variant only).
+pub const CONTROL_TABLE_VARIANT: &str = "domain-router (100 000 hosts, control endpoint)";
+
+/// Waits (up to 60 s) until `host` is routed to a backend: a table that
+/// arrives by polling is installed.
+async fn wait_for_route(ingress: SocketAddr, host: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = crate::traffic::get(ingress, host, "/", &[]).await
+            && r.status == 200
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{host} not routed within 60 s: the control table did not load");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Goal of the per-request-cost issue: the 100 000-domain table adds at
 /// most this much RSS per worker at four workers.
 pub const TABLE_RSS_GOAL_MIB: f64 = 40.0;
 
-/// Starts each memory variant at 1 and 4 workers, sends requests until every
-/// worker has served some, and reads RSS.
+/// Starts each memory variant at 1 and 4 workers (the 100 000-host table
+/// inline and from a control endpoint), sends requests until every worker
+/// has served some, and reads RSS; each VM's own memory line (logged once its
+/// table is built) goes to `progress`.
 pub async fn memory(cfg: &BenchConfig, progress: impl Fn(&str)) -> Result<Vec<MemoryRow>> {
     let backend = Backend::start(BackendSpec::new("mem")).await?;
     let backends = [backend];
@@ -998,24 +1020,66 @@ pub async fn memory(cfg: &BenchConfig, progress: impl Fn(&str)) -> Result<Vec<Me
         "domain-router (10 hosts)",
         "domain-router (100 000 hosts)",
     ];
+    // The same table served by a control endpoint: Envoy's configuration
+    // stays small, one VM fetches the table and every VM reads it from
+    // shared data in chunks.
+    let table = router_config_with(100_000)
+        .get("table")
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let control = crate::control::ControlServer::start(table).await?;
+    let mut variants: Vec<Variant> = names.iter().filter_map(|n| pick(n)).collect();
+    variants.push(
+        Variant::new(CONTROL_TABLE_VARIANT, Role::Switchyard { group: "domain-router-100k-control".into() }, BASE)
+            .partial(
+                "filters",
+                wasm_filter(
+                    "domain-router",
+                    "switchyard_domain_router",
+                    &serde_json::json!({"cluster_header": "x-switchyard-cluster",
+                        "control": {"cluster": "control", "path": "/table", "poll_interval_ms": 1000}}),
+                ),
+            )
+            .partial(
+                "route_action",
+                include_str!("../templates/bench/router-route.yaml"),
+            )
+            .partial(
+                "clusters_extra",
+                format!(
+                    "- name: control\n  type: STATIC\n  connect_timeout: 1s\n  load_assignment:\n    cluster_name: control\n    endpoints:\n    - lb_endpoints:\n      - endpoint:\n          address:\n            socket_address: {{ address: \"{}\", port_value: {} }}\n",
+                    control.addr().ip(),
+                    control.addr().port()
+                ),
+            ),
+    );
     let mut rows = Vec::new();
     for workers in [1u32, 4] {
         let mut base = 0u64;
-        for name in names {
-            let Some(v) = pick(name) else { continue };
+        for v in &variants {
+            let name = v.name.as_str();
             progress(&format!("memory: {name}, {workers} workers"));
-            let envoy = start_variant(&v, &backends, cfg.envoy_cpu, workers).await?;
+            let envoy = start_variant(v, &backends, cfg.envoy_cpu, workers).await?;
             let ingress = envoy.listener("ingress")?;
+            if name == CONTROL_TABLE_VARIANT {
+                wait_for_route(ingress, &v.host).await?;
+                // Every VM loads the published table on its next tick.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             // Many connections, so every worker takes some (each has its VM
             // already; this makes them touch their per-request paths too).
             wrk(ingress, &v.host, &v.path, 64, Duration::from_secs(1)).await?;
             let rss = envoy.pid().map_or(0, rss_kib);
+            // Each VM logs its linear memory once its table is built.
+            for line in envoy.logs().lines().filter(|l| l.contains("VM memory")) {
+                progress(line);
+            }
             if v.role == Role::Baseline {
                 base = rss;
             }
             let added = (rss as f64 - base as f64) / 1024.0;
             rows.push(MemoryRow {
-                name: name.to_string(),
+                name: v.name.clone(),
                 workers,
                 rss_kib: rss,
                 added_mib: added,
@@ -1033,7 +1097,7 @@ pub fn memory_markdown(rows: &[MemoryRow]) -> String {
         "\n| memory | workers | RSS MiB | + vs no filter MiB | + per worker MiB | goal |\n|---|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
-        let goal = if r.name.contains("100 000") && r.workers == 4 {
+        let goal = if r.name.starts_with("domain-router (100 000") && r.workers == 4 {
             format!(
                 "≤ +{TABLE_RSS_GOAL_MIB:.0} MiB per worker: {}",
                 verdict(r.per_worker_mib <= TABLE_RSS_GOAL_MIB)

@@ -45,12 +45,17 @@ impl<T: Serialize + DeserializeOwned> Codec for Postcard<T> {
 /// FNV-1a, 64-bit: a stable hash every VM computes alike (std's hashers are
 /// randomly seeded or not guaranteed stable).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    bytes.iter().copied().fold(FNV_OFFSET, fnv1a64_step)
+}
+
+/// FNV-1a's 64-bit offset basis: the hash of no bytes.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One byte of FNV-1a (64-bit): `fnv1a64(b)` is this folded over `b` from
+/// [`FNV_OFFSET`], for input that arrives in pieces.
+#[inline]
+pub fn fnv1a64_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
 /// The 64-bit finaliser of MurmurHash3: every input bit affects every output bit.

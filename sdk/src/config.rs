@@ -67,41 +67,220 @@ pub trait Validate {
     fn validate(&self) -> Result<(), ConfigError>;
 }
 
-/// Parses `bytes` as JSON into `T` and validates it.
+/// A configuration's bytes: in VM memory, or left in the host and read in
+/// chunks, so a large configuration (a 100 000-domain table is ~11 MiB) is
+/// never held whole next to what is built from it (wasm memory never shrinks
+/// below its peak).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Bytes(&'a [u8]),
+    /// `len` bytes, read by `read(offset, max)`, which answers at most `max`
+    /// bytes from `offset` (empty at the end or when the host fails).
+    Chunked {
+        len: usize,
+        read: &'a dyn Fn(usize, usize) -> Vec<u8>,
+    },
+}
+
+impl<'a> From<&'a [u8]> for Source<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Source::Bytes(b)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Source<'a> {
+    fn from(b: &'a [u8; N]) -> Self {
+        Source::Bytes(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Source<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        Source::Bytes(b)
+    }
+}
+
+/// Bytes asked of the host per read of a [`Source::Chunked`].
+pub const CHUNK: usize = 64 << 10;
+
+impl<'a> Source<'a> {
+    /// A reader over the bytes (one type for both kinds, so each
+    /// configuration type's deserializer is compiled once).
+    pub fn reader(self) -> SourceReader<'a> {
+        SourceReader {
+            src: self,
+            pos: 0,
+            chunk: Vec::new(),
+            at: 0,
+            short: false,
+        }
+    }
+
+    /// Each byte in order, without holding the whole source.
+    pub fn bytes(self) -> impl Iterator<Item = u8> + 'a {
+        let mut r = self.reader();
+        std::iter::from_fn(move || r.next_byte())
+    }
+
+    /// FNV-1a (64-bit) of the bytes, as [`crate::codec::fnv1a64`].
+    pub fn fnv1a64(self) -> u64 {
+        self.bytes()
+            .fold(crate::codec::FNV_OFFSET, crate::codec::fnv1a64_step)
+    }
+}
+
+/// [`std::io::Read`] over a [`Source`].
+pub struct SourceReader<'a> {
+    src: Source<'a>,
+    /// Offset of the next byte in the source.
+    pos: usize,
+    /// The chunk being read (chunked sources), from offset `pos - at`.
+    chunk: Vec<u8>,
+    at: usize,
+    /// The host answered nothing before the announced length.
+    short: bool,
+}
+
+impl SourceReader<'_> {
+    /// The unread part of the current chunk, refilled when used up.
+    fn fill(&mut self) -> &[u8] {
+        match self.src {
+            Source::Bytes(b) => b.get(self.pos..).unwrap_or_default(),
+            Source::Chunked { len, read } => {
+                if self.at >= self.chunk.len() && self.pos < len && !self.short {
+                    // Cut to `len`; a host answering nothing ends the
+                    // source early, which readers report.
+                    let mut c = read(self.pos, CHUNK.min(len - self.pos));
+                    c.truncate(len - self.pos);
+                    self.short = c.is_empty();
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                self.chunk.get(self.at..).unwrap_or_default()
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        self.at += n;
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let b = *self.fill().first()?;
+        self.consume(1);
+        Some(b)
+    }
+}
+
+impl std::io::Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.fill().is_empty() && self.short && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                SHORT,
+            ));
+        }
+        let avail = self.fill();
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+const SHORT: &str = "the host answered only part of the document";
+
+impl Source<'_> {
+    /// Whether the bytes are only whitespace (or none); an error if the
+    /// host did not answer them all.
+    fn is_blank(self) -> Result<bool, ConfigError> {
+        let mut r = self.reader();
+        let blank = std::iter::from_fn(|| r.next_byte()).all(|b| is_json_whitespace(&b));
+        if r.short {
+            return Err(ConfigError::new("", SHORT));
+        }
+        Ok(blank)
+    }
+}
+
+/// Parses the configuration as JSON into `T` and validates it.
 ///
 /// Empty input (or only whitespace) means "no configuration": `T::default()`
 /// is returned, after validation, so a filter's documented defaults apply.
 /// Anything else must be one JSON object (see [`parse_document`]).
-pub fn parse<T>(bytes: &[u8]) -> Result<T, ConfigError>
+pub fn parse<'a, T>(src: impl Into<Source<'a>>) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Validate + Default,
 {
-    let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let src = src.into();
+    let value = if src.is_blank()? {
         T::default()
     } else {
-        parse_document(bytes)?
+        parse_document(src)?
     };
     value.validate()?;
     Ok(value)
 }
 
-/// Parses `bytes` as exactly one JSON object into `T`, without defaults or
-/// validation (for documents with their own checks, such as control and
+/// Parses the source as exactly one JSON object into `T`, without defaults
+/// or validation (for documents with their own checks, such as control and
 /// discovery answers; plugin configurations go through [`parse`]).
 ///
 /// Refused, with a message naming the problem: empty input, a root that is
 /// not an object (serde's derived structs would read `[]` as all defaults),
 /// and anything but whitespace after the object (`{} x`, `{}{}`, `{}}`, a
 /// trailing NUL), which a deserializer never asked to `end()` ignores.
-pub fn parse_document<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    check_root(bytes)?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+///
+/// A deserializer may report an error below where it was raised by
+/// [`nested_error`]: its path is appended to the place it was raised.
+pub fn parse_document<'a, T: DeserializeOwned>(
+    src: impl Into<Source<'a>>,
+) -> Result<T, ConfigError> {
+    let src = src.into();
+    check_root(src)?;
+    let mut de = serde_json::Deserializer::from_reader(src.reader());
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = display_path(e.path());
-        ConfigError::new(path, e.into_inner().to_string())
+        let at = display_path(e.path());
+        let message = e.into_inner().to_string();
+        match message
+            .strip_prefix(NESTED)
+            .and_then(|m| m.split_once(NESTED))
+        {
+            Some((below, message)) => {
+                ConfigError::new(join_path(&at, below), strip_position(message))
+            }
+            None => ConfigError::new(at, message),
+        }
     })?;
-    de.end().map_err(|e| trailing_error(bytes, &e))?;
+    de.end().map_err(|e| trailing_error(src, &e))?;
     Ok(value)
+}
+
+/// Marks a [`nested_error`]'s path inside a serde error message.
+const NESTED: &str = "\u{1}";
+
+/// A serde error carrying `e`'s path relative to the value being
+/// deserialized, for a hand-written `Deserialize` that validates as it
+/// reads (so a large document is never held whole): [`parse_document`]
+/// appends the path to where the error was raised.
+pub fn nested_error<E: serde::de::Error>(e: ConfigError) -> E {
+    E::custom(format_args!("{NESTED}{}{NESTED}{}", e.path, e.message))
+}
+
+/// serde_json appends ` at line L column C` to custom errors; a nested
+/// error names its field instead.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i)
+            if message[i + 9..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b" column".contains(&b)) =>
+        {
+            message[..i].to_string()
+        }
+        _ => message.to_string(),
+    }
 }
 
 /// The byte order mark some editors prepend; RFC 8259 forbids sending it.
@@ -114,15 +293,25 @@ fn is_json_whitespace(b: &u8) -> bool {
 
 /// Refuses a document whose first non-whitespace byte does not open an
 /// object, naming what was found instead.
-fn check_root(bytes: &[u8]) -> Result<(), ConfigError> {
-    let Some(at) = bytes.iter().position(|b| !is_json_whitespace(b)) else {
+fn check_root(src: Source<'_>) -> Result<(), ConfigError> {
+    let mut line = 1;
+    let mut line_start = 0;
+    let mut bytes = src.bytes().enumerate();
+    let Some((at, first)) = bytes.by_ref().find(|(i, b)| {
+        if *b == b'\n' {
+            line += 1;
+            line_start = i + 1;
+        }
+        !is_json_whitespace(b)
+    }) else {
         return Err(ConfigError::new(
             "",
             "the document is empty; it must be a JSON object",
         ));
     };
-    let rest = &bytes[at..];
-    let found = match rest[0] {
+    let mut rest = vec![first];
+    rest.extend(bytes.take(4).map(|(_, b)| b));
+    let found = match first {
         b'{' => return Ok(()),
         b'[' => "an array".to_string(),
         b'"' => "a string".to_string(),
@@ -131,7 +320,7 @@ fn check_root(bytes: &[u8]) -> Result<(), ConfigError> {
         _ if rest.starts_with(b"null") => "null".to_string(),
         _ if rest.starts_with(UTF8_BOM) => "a UTF-8 byte order mark (remove it)".to_string(),
         b => {
-            let (line, column) = line_column(bytes, at);
+            let column = at - line_start + 1;
             format!("{} at line {line} column {column}", describe_byte(b))
         }
     };
@@ -143,10 +332,10 @@ fn check_root(bytes: &[u8]) -> Result<(), ConfigError> {
 
 /// Explains a failed `Deserializer::end`: the object was complete but more
 /// than whitespace followed it.
-fn trailing_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
+fn trailing_error(src: Source<'_>, e: &serde_json::Error) -> ConfigError {
     let (line, column) = (e.line(), e.column());
     // A NUL usually means a C string's terminator was sent along: say so.
-    let what = match byte_at(bytes, line, column) {
+    let what = match byte_at(src, line, column) {
         Some(0) => "a NUL byte",
         _ => "trailing data",
     };
@@ -156,30 +345,13 @@ fn trailing_error(bytes: &[u8], e: &serde_json::Error) -> ConfigError {
     )
 }
 
-/// 1-based line and byte column of `bytes[index]`, as serde_json counts them.
-fn line_column(bytes: &[u8], index: usize) -> (usize, usize) {
-    let before = &bytes[..index.min(bytes.len())];
-    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
-    (line, index - line_start + 1)
-}
-
 /// The byte serde_json reports at 1-based `line` and `column`, if any.
-fn byte_at(bytes: &[u8], line: usize, column: usize) -> Option<u8> {
-    let line_start = if line <= 1 {
-        0
-    } else {
-        bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .nth(line - 2)
-            .map(|(i, _)| i + 1)?
-    };
-    bytes.get(line_start + column.checked_sub(1)?).copied()
+fn byte_at(src: Source<'_>, line: usize, column: usize) -> Option<u8> {
+    let mut bytes = src.bytes();
+    for _ in 1..line {
+        bytes.by_ref().find(|b| *b == b'\n')?;
+    }
+    bytes.nth(column.checked_sub(1)?)
 }
 
 /// A byte for a message: itself when printable, else its hex value.
@@ -379,5 +551,84 @@ mod tests {
         );
         let doc: Value = parse_document(br#" {"a": [1]} "#).unwrap();
         assert_eq!(doc["a"][0], 1);
+    }
+
+    /// `doc` as a host would hand it over: `step` bytes per read at most.
+    fn chunked<T>(doc: &[u8], step: usize, f: impl FnOnce(Source<'_>) -> T) -> T {
+        let read = |at: usize, max: usize| doc[at..(at + max.min(step)).min(doc.len())].to_vec();
+        f(Source::Chunked {
+            len: doc.len(),
+            read: &read,
+        })
+    }
+
+    #[test]
+    fn chunked_sources_parse_like_bytes() {
+        let doc = br#"{"routes":[{"name":"a","weight":1},{"name":"b","weight":2}],"timeout_ms":7}"#;
+        for step in [1, 3, 64, CHUNK] {
+            let c: Config = chunked(doc, step, |s| parse(s)).unwrap();
+            assert_eq!(
+                (c.routes.len(), c.routes[1].weight, c.timeout_ms),
+                (2, 2, 7)
+            );
+            assert_eq!(
+                chunked(doc, step, |s| s.fnv1a64()),
+                crate::codec::fnv1a64(doc)
+            );
+        }
+        for doc in [
+            &b"{}}"[..],
+            b"{\n}\n \0",
+            b"\n <html>",
+            b"[1]",
+            br#"{"routes":[{"weight":0}]}"#,
+        ] {
+            let bytes = parse::<Config>(doc).unwrap_err();
+            assert_eq!(chunked(doc, 2, |s| parse::<Config>(s)).unwrap_err(), bytes);
+        }
+        // A host that answers less than asked ends the source: an error, never a hang.
+        let short = |_: usize, _: usize| Vec::new();
+        let src = Source::Chunked {
+            len: 10,
+            read: &short,
+        };
+        assert_eq!(parse::<Config>(src).unwrap_err().message, SHORT);
+        let half = |at: usize, _: usize| if at == 0 { b"{ ".to_vec() } else { Vec::new() };
+        let src = Source::Chunked {
+            len: 10,
+            read: &half,
+        };
+        let err = parse_document::<Config>(src).unwrap_err();
+        assert!(err.message.contains(SHORT), "{err}");
+    }
+
+    /// Reads a list of weights, refusing a zero as it goes, as a large
+    /// table's deserializer does.
+    #[derive(Debug)]
+    struct Checked;
+
+    impl<'de> Deserialize<'de> for Checked {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let weights = Vec::<u32>::deserialize(d)?;
+            match weights.iter().position(|w| *w == 0) {
+                Some(i) => Err(nested_error(ConfigError::new(
+                    format!("[{i}].weight"),
+                    "must be > 0",
+                ))),
+                None => Ok(Checked),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Outer {
+        #[allow(dead_code)]
+        inner: Checked,
+    }
+
+    #[test]
+    fn nested_errors_name_the_field_below_where_they_were_raised() {
+        let err = parse_document::<Outer>(br#"{"inner": [1, 2, 0]}"#).unwrap_err();
+        assert_eq!(err.to_string(), "inner[2].weight: must be > 0");
     }
 }

@@ -145,8 +145,10 @@ pub extern "C" fn proxy_on_vm_start(_context_id: u32, _vm_configuration_size: us
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_configure(context_id: u32, _plugin_configuration_size: usize) -> bool {
-    with_root(context_id, false, ModuleRoot::on_configure)
+pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool {
+    with_root(context_id, false, |r| {
+        r.on_configure(plugin_configuration_size)
+    })
 }
 
 #[unsafe(no_mangle)]

@@ -165,11 +165,6 @@ pub fn buffer(kind: BufferType, start: usize, max: usize) -> HostResult<Option<V
     }
 }
 
-/// The whole plugin configuration (empty when none was given).
-pub fn plugin_configuration() -> HostResult<Vec<u8>> {
-    Ok(buffer(BufferType::PluginConfiguration, 0, usize::MAX)?.unwrap_or_default())
-}
-
 // ---- header maps ----
 
 /// All pairs of a header map; values as bytes.

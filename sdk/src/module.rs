@@ -14,9 +14,8 @@
 //! the request through untouched, never panics.
 
 use crate::callout::Callouts;
-use crate::codec::fnv1a64;
-use crate::config::ConfigError;
-use crate::host::{self, MapType};
+use crate::config::{ConfigError, Source};
+use crate::host::{self, BufferType, MapType};
 use crate::stage::{
     DECISION_HEADERS, Exchange, Flow, Phase, RootServices, Setup, Stage, StageSpec,
 };
@@ -125,10 +124,10 @@ pub(crate) struct ModuleRoot {
     next_tick_ns: Vec<u64>,
 }
 
-fn setup_for(raw: &[u8]) -> Setup {
+fn setup_for(src: Source<'_>) -> Setup {
     Setup {
         plugin_name: crate::properties::plugin_name().unwrap_or_default(),
-        config_hash: fnv1a64(raw),
+        config_hash: src.fnv1a64(),
         instance_id: crate::vm::instance_id(),
         vm_id: crate::properties::plugin_vm_id().unwrap_or_default(),
     }
@@ -154,8 +153,8 @@ impl crate::config::Validate for ChainConfig {
     }
 }
 
-fn build_chain(specs: &[StageSpec], raw: &[u8]) -> Result<Stages, ConfigError> {
-    let chain: ChainConfig = crate::config::parse(raw)?;
+fn build_chain(specs: &[StageSpec], src: Source<'_>) -> Result<Stages, ConfigError> {
+    let chain: ChainConfig = crate::config::parse(src)?;
     let mut stages = Vec::new();
     for (i, entry) in chain.stages.iter().enumerate() {
         let at = format!("stages[{i}]");
@@ -181,9 +180,9 @@ fn build_chain(specs: &[StageSpec], raw: &[u8]) -> Result<Stages, ConfigError> {
                 format!("`{name}` already appears in stages[{j}]; list each stage once"),
             ));
         }
-        let bytes = value.get().as_bytes();
-        let stage = (spec.build)(bytes, &setup_for(bytes))
-            .map_err(|e| e.within(&format!("{at}.{name}")))?;
+        let src = Source::Bytes(value.get().as_bytes());
+        let stage =
+            (spec.build)(src, &setup_for(src)).map_err(|e| e.within(&format!("{at}.{name}")))?;
         stages.push((spec.filter, stage));
     }
     Ok(stages)
@@ -219,17 +218,24 @@ impl ModuleRoot {
         }
     }
 
-    pub(crate) fn on_configure(&mut self) -> bool {
+    /// `config_size`: the plugin configuration's length in bytes, as Envoy
+    /// passes it to `proxy_on_configure`.
+    pub(crate) fn on_configure(&mut self, config_size: usize) -> bool {
         if let Some(name) = crate::properties::plugin_name() {
             crate::logging::set_plugin_name(&name);
         }
-        let raw = match host::plugin_configuration() {
-            Ok(b) => b,
-            Err(e) => {
-                log::error!("cannot read the plugin configuration: {e}");
-                return false;
-            }
+        // Read in chunks as it is parsed: a large table is never in VM
+        // memory whole next to what is built from it.
+        let len = config_size;
+        let read = |at: usize, max: usize| {
+            host::buffer(BufferType::PluginConfiguration, at, max)
+                .unwrap_or_else(|e| {
+                    log::error!("cannot read the plugin configuration: {e}");
+                    None
+                })
+                .unwrap_or_default()
         };
+        let src = Source::Chunked { len, read: &read };
         let Some(layout) = self.layout.clone() else {
             log::error!("no stages installed in this module");
             return false;
@@ -237,9 +243,9 @@ impl ModuleRoot {
         let (what, built) = match &*layout {
             Layout::Single(spec) => (
                 spec.filter,
-                (spec.build)(&raw, &setup_for(&raw)).map(|s| vec![(spec.filter, s)]),
+                (spec.build)(src, &setup_for(src)).map(|s| vec![(spec.filter, s)]),
             ),
-            Layout::Chain(specs) => ("switchyard", build_chain(specs, &raw)),
+            Layout::Chain(specs) => ("switchyard", build_chain(specs, src)),
         };
         let stages = match built {
             Ok(s) => s,

@@ -92,8 +92,9 @@ pub struct Setup {
     pub vm_id: String,
 }
 
-/// Builds a stage from its configuration bytes (JSON); errors name the field.
-pub type BuildStage = fn(&[u8], &Setup) -> Result<Box<dyn Stage>, ConfigError>;
+/// Builds a stage from its configuration (JSON, read with
+/// [`crate::config::parse`]); errors name the field.
+pub type BuildStage = fn(crate::config::Source<'_>, &Setup) -> Result<Box<dyn Stage>, ConfigError>;
 
 /// How a module builds one kind of stage from its configuration.
 #[derive(Clone, Copy)]

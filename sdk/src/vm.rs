@@ -23,3 +23,16 @@ pub fn instance_id() -> u64 {
         cell.get()
     })
 }
+
+/// This VM's linear memory in bytes (what it holds resident at most: wasm
+/// memory grows and never shrinks); `None` outside wasm.
+pub fn memory_bytes() -> Option<usize> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        Some(core::arch::wasm32::memory_size(0) * 65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        None
+    }
+}

@@ -42,7 +42,10 @@ const SPEC: StageSpec = StageSpec {
     build,
 };
 
-fn build(raw: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(
+    raw: switchyard_sdk::config::Source<'_>,
+    _: &Setup,
+) -> Result<Box<dyn Stage>, ConfigError> {
     let config: TestConfig = switchyard_sdk::config::parse(raw)?;
     Ok(Box::new(TestStage {
         lease: Lease::new(

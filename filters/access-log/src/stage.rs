@@ -11,6 +11,7 @@ use std::time::Duration;
 use switchyard_sdk::config::ConfigError;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host::{self, LogLevel};
+
 use switchyard_sdk::stage::{Decisions, Exchange, RootServices, Setup, Stage, StageSpec};
 
 /// How modules build this stage (`access_log` in a chain).
@@ -20,7 +21,10 @@ pub const SPEC: StageSpec = StageSpec {
     build,
 };
 
-fn build(config: &[u8], setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(
+    config: switchyard_sdk::config::Source<'_>,
+    setup: &Setup,
+) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(config)?;
     let metrics = Rc::new(Metrics::new());
     let (queue, sender) = match &config.http {

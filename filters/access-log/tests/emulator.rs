@@ -185,7 +185,9 @@ impl Stage for Decider {
 const DECIDER: StageSpec = StageSpec {
     name: "decider",
     filter: "decider",
-    build: |_: &[u8], _: &Setup| -> Result<Box<dyn Stage>, ConfigError> { Ok(Box::new(Decider)) },
+    build: |_: switchyard_sdk::config::Source<'_>,
+            _: &Setup|
+     -> Result<Box<dyn Stage>, ConfigError> { Ok(Box::new(Decider)) },
 };
 
 const CHAIN: &[StageSpec] = &[DECIDER, switchyard_access_log::SPEC];

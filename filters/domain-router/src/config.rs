@@ -1,11 +1,11 @@
 //! Plugin configuration: JSON in the plugin's `configuration` field.
 
-use crate::table::{self, TableDoc, valid_header_name};
+use crate::table::{Table, valid_header_name};
 use serde::Deserialize;
 use std::time::Duration;
 use switchyard_sdk::config::{ConfigError, Validate, ensure};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Request header carrying the chosen cluster to Envoy's `cluster_header`
@@ -15,8 +15,9 @@ pub struct Config {
     pub request_id_header: String,
     /// What happens when no rule matches.
     pub no_match: NoMatch,
-    /// The table to start with (and to keep, without `control`).
-    pub table: Option<TableDoc>,
+    /// The table to start with (and to keep, without `control`), compiled
+    /// as it is read.
+    pub table: Option<Table>,
     /// Where newer tables come from.
     pub control: Option<Control>,
 }
@@ -142,9 +143,6 @@ impl Validate for Config {
                 "no_match.status",
                 "must be 200..=599",
             )?;
-        }
-        if let Some(doc) = &self.table {
-            table::compile(doc).map_err(|e| e.within("table"))?;
         }
         if let Some(c) = &self.control {
             c.validate().map_err(|e| e.within("control"))?;

@@ -2,12 +2,13 @@
 //! table, its metrics, and the shared-data side of table reloads.
 
 use crate::config::Config;
-use crate::publish::{self, Blob};
+use crate::publish::{self, Header};
 use crate::router::Router;
 use crate::table;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use switchyard_sdk::codec::Codec;
+use switchyard_sdk::config::Source;
 use switchyard_sdk::host::{self, CasOutcome};
 use switchyard_sdk::metrics::{self, Counter, Gauge};
 use switchyard_sdk::shared::SharedValue;
@@ -78,12 +79,8 @@ fn rule_counters(router: &Router) -> Rc<[Counter]> {
 impl Core {
     /// Builds the VM state; the inline table was validated with the config.
     pub fn new(mut config: Config) -> Result<Core, String> {
-        // The document is not kept once compiled: for a large table it is
-        // larger than the compiled router, and a later table reuses its space.
-        let router = match config.table.take() {
-            Some(doc) => table::compile(&doc).map_err(|e| format!("table: {e}"))?,
-            None => Router::empty(),
-        };
+        // Moved out: `config` keeps only the settings.
+        let router = config.table.take().map_or_else(Router::empty, |t| t.0);
         let no_match_body = serde_json::to_vec(&config.no_match.body).unwrap_or_default();
         let sync = config.control.as_ref().map(|c| {
             let prefix = c.shared_prefix();
@@ -157,29 +154,54 @@ impl Core {
             return;
         }
         let key = publish::slot_key(&sync.prefix, generation);
-        let blob = match host::shared_data(&key) {
-            Ok((Some(bytes), _)) => Blob::decode(&bytes),
+        let header = match host::shared_data(&key) {
+            Ok((Some(bytes), _)) => Header::decode(&bytes),
             Ok((None, _)) => None,
             Err(e) => {
                 log::debug!("{FILTER}: reading {key}: {e}");
                 return;
             }
         };
-        let Some(blob) = blob.filter(|b| b.generation >= generation) else {
+        let Some(header) = header.filter(|h| h.generation >= generation) else {
             sync.failed_generation.set(generation);
             log::error!("{FILTER}: generation {generation} missing or unreadable in {key}");
             return;
         };
-        match table::parse(&blob.json) {
+        // Chunks are parsed as they are read; one of another generation
+        // means the slot is being rewritten: try again later.
+        let torn = Cell::new(false);
+        let read = |at: usize, max: usize| {
+            let index = at / publish::CHUNK;
+            let chunk_key = publish::chunk_key(&sync.prefix, header.generation, index);
+            let stored = host::shared_data(&chunk_key).ok().and_then(|(v, _)| v);
+            let bytes = stored
+                .as_deref()
+                .and_then(|c| publish::chunk_of(header.generation, c))
+                .and_then(|c| c.get(at % publish::CHUNK..))
+                .map(|c| c[..c.len().min(max)].to_vec());
+            bytes.unwrap_or_else(|| {
+                torn.set(true);
+                Vec::new()
+            })
+        };
+        let len = usize::try_from(header.len).unwrap_or(usize::MAX);
+        match table::parse(Source::Chunked { len, read: &read }) {
+            _ if torn.get() => {
+                log::debug!(
+                    "{FILTER}: generation {} was rewritten while read; trying again",
+                    header.generation
+                );
+            }
             Ok(router) => {
                 log::info!(
-                    "{FILTER}: loaded table generation {} (version {:?}, etag {:?}, {} domains)",
-                    blob.generation,
+                    "{FILTER}: loaded table generation {} (version {:?}, etag {:?}, {} domains; VM memory {})",
+                    header.generation,
                     router.version,
-                    blob.etag,
-                    router.domain_count()
+                    header.etag,
+                    router.domain_count(),
+                    vm_memory()
                 );
-                self.install(router, blob.generation, blob.etag);
+                self.install(router, header.generation, header.etag);
             }
             Err(e) => {
                 sync.failed_generation.set(generation);
@@ -220,11 +242,12 @@ impl Core {
             Ok(generation) => {
                 log::info!(
                     "{FILTER}: published table generation {generation} (version {:?}, etag {etag:?}, \
-                     {} domains, {} tenant keys, {} bytes)",
+                     {} domains, {} tenant keys, {} bytes; VM memory {})",
                     router.version,
                     router.domain_count(),
                     router.tenant_key_count(),
-                    body.len()
+                    body.len(),
+                    vm_memory()
                 );
                 self.metrics.reloads.inc();
                 self.install(router, generation, etag.to_string());
@@ -238,19 +261,44 @@ impl Core {
     }
 }
 
-/// Writes the slot, then moves the pointer with CAS; the generation.
+/// The VM's linear memory for a log line, e.g. `14.2 MiB`.
+pub fn vm_memory() -> String {
+    switchyard_sdk::vm::memory_bytes().map_or_else(
+        || "unknown".into(),
+        |b| format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+    )
+}
+
+/// Writes the slot (chunks, then header), then moves the pointer with CAS;
+/// the generation.
 fn publish_blob(sync: &Sync, json: &[u8], etag: &str) -> Result<u64, String> {
     let pointer_key = publish::pointer_key(&sync.prefix);
     let (current, cas) = host::shared_data(&pointer_key).map_err(|e| e.to_string())?;
     let current = current.as_deref().and_then(u64::decode).unwrap_or(0);
     let generation = current + 1;
-    let blob = Blob {
+    let slot = publish::slot_key(&sync.prefix, generation);
+    // Chunks the slot's previous table had beyond this one's are emptied:
+    // Envoy never evicts shared data, so they would hold memory for nothing.
+    let previous_chunks = host::shared_data(&slot)
+        .ok()
+        .and_then(|(v, _)| v)
+        .and_then(|v| Header::decode(&v))
+        .map_or(0, |h| h.chunks());
+    let header = Header {
         generation,
         etag: etag.to_string(),
-        json: json.to_vec(),
+        len: json.len() as u64,
     };
-    let slot = publish::slot_key(&sync.prefix, generation);
-    host::set_shared_data(&slot, &blob.encode(), 0).map_err(|e| e.to_string())?;
+    for (i, chunk) in json.chunks(publish::CHUNK).enumerate() {
+        let key = publish::chunk_key(&sync.prefix, generation, i);
+        host::set_shared_data(&key, &publish::encode_chunk(generation, chunk), 0)
+            .map_err(|e| e.to_string())?;
+    }
+    for i in header.chunks()..previous_chunks {
+        let key = publish::chunk_key(&sync.prefix, generation, i);
+        host::set_shared_data(&key, &[], 0).map_err(|e| e.to_string())?;
+    }
+    host::set_shared_data(&slot, &header.encode(), 0).map_err(|e| e.to_string())?;
     match host::set_shared_data(&pointer_key, &generation.encode(), cas) {
         Ok(CasOutcome::Written) => Ok(generation),
         Ok(CasOutcome::Conflict) => Err("another VM published concurrently".into()),

@@ -225,6 +225,36 @@ mod tests {
     }"#;
 
     #[test]
+    fn hosts_sending_to_one_cluster_share_a_compiled_host() {
+        let table = r#"{"virtual_hosts": [
+            {"domains": ["a.test"], "rules": [{"cluster": "one"}]},
+            {"domains": ["b.test", "*.b.test"], "rules": [{"cluster": "two"}]},
+            {"domains": ["c.test"], "rules": [{"cluster": "one"}]},
+            {"domains": ["d.test"], "rules": [{"name": "d", "cluster": "one"}]},
+            {"domains": ["e.test"], "rules": [{"cluster": "one", "host_rewrite": "e"}]},
+            {"domains": ["f.test"], "rules": [{"match": {"path": {"prefix": "/x"}}, "cluster": "two"}]}]}"#;
+        let router = parse(table.as_bytes()).unwrap();
+        // a and c share; b; d (named: its own counter); e (an edit); f (a match).
+        assert_eq!(router.vhosts.len(), 5);
+        assert_eq!(router.domain_count(), 7);
+        let get = FakeRequest::new("GET", "/", &[]);
+        for (host, cluster) in [
+            ("a.test", Some("one")),
+            ("c.test", Some("one")),
+            ("x.b.test", Some("two")),
+            ("d.test", Some("one")),
+            ("e.test", Some("one")),
+            ("f.test", None),
+        ] {
+            assert_eq!(decide(table, host, &get).as_deref(), cluster, "{host}");
+        }
+        assert_eq!(
+            decide(table, "f.test", &FakeRequest::new("GET", "/x", &[])).as_deref(),
+            Some("two")
+        );
+    }
+
+    #[test]
     fn rules_match_in_order() {
         let get = |path: &str, h: &[(&str, &str)]| FakeRequest::new("GET", path, h);
         assert_eq!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use switchyard_sdk::callout::{CalloutError, HttpRequest};
 use switchyard_sdk::codec::{Postcard, fnv1a64};
 use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::config::Source;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host;
 use switchyard_sdk::job::Job;
@@ -28,9 +29,18 @@ pub const SPEC: StageSpec = StageSpec {
     build,
 };
 
-fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(config)?;
     let core = Core::new(config).map_err(|e| ConfigError::new("", e))?;
+    let (router, _) = core.current();
+    if router.domain_count() > 0 {
+        log::info!(
+            "{}: configured with a table of {} domains (VM memory {})",
+            crate::core::FILTER,
+            router.domain_count(),
+            crate::core::vm_memory()
+        );
+    }
     let last_etag = core
         .sync
         .as_ref()

@@ -21,25 +21,16 @@ use crate::domain::{DomainIndex, Pattern};
 use crate::matcher::{HeaderMatch, PathMatch, RequestMatch, ValueMatch, compile_regex};
 use crate::router::{Extras, Router, Rule, Target, TenantMap, VirtualHost, Weighted};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::{BTreeMap, HashMap};
-use switchyard_sdk::config::{ConfigError, ensure};
+use std::fmt;
+use switchyard_sdk::config::{ConfigError, Source, ensure, nested_error};
 
 /// Distinct named rules (each is a metric that lives as long as Envoy).
 pub const MAX_RULE_STATS: usize = 1000;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-// Boxed slices and boxes below: serde fills a `Vec` starting at capacity 4,
-// so a 100 000-domain document of one-rule hosts peaked at 150 MiB while
-// parsing (wasm memory never shrinks); slices are shrunk to fit as they go.
-pub struct TableDoc {
-    /// Operator's version number, reported as the `table_version` gauge.
-    pub version: Option<u64>,
-    pub virtual_hosts: Vec<VirtualHostDoc>,
-    /// Tenant key → cluster maps, referenced by rules' `tenant`.
-    pub tenant_maps: BTreeMap<String, TenantMapDoc>,
-}
-
+// Boxed slices and boxes below: serde fills a `Vec` starting at capacity 4;
+// slices are shrunk to fit as they go.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VirtualHostDoc {
@@ -128,11 +119,11 @@ pub struct TenantMapDoc {
 /// Parses and compiles a table. The document must be exactly one JSON
 /// object: empty input (an empty table is written `{}`), another root such
 /// as `[]` and trailing data are errors, so a truncated or garbled control
-/// answer never wipes or half-replaces the routes. Semantic checks need the
-/// compiled form (regexes, duplicate domains), so they live in [`compile`].
-pub fn parse(bytes: &[u8]) -> Result<Router, ConfigError> {
-    let doc: TableDoc = switchyard_sdk::config::parse_document(bytes)?;
-    compile(&doc)
+/// answer never wipes or half-replaces the routes. Semantic checks (regexes,
+/// duplicate domains) run as each virtual host is read (see [`Table`]).
+pub fn parse<'a>(src: impl Into<Source<'a>>) -> Result<Router, ConfigError> {
+    let table: Table = switchyard_sdk::config::parse_document(src)?;
+    Ok(table.0)
 }
 
 /// A lowercase HTTP header name (what Envoy hands to filters).
@@ -176,71 +167,218 @@ impl Interner {
     }
 }
 
+/// A routing table compiled while it is read: each virtual host is compiled
+/// as soon as it is parsed and its document dropped, so memory peaks at the
+/// compiled router plus one virtual host's document, not at the whole
+/// document tree (wasm memory never shrinks below its peak, and a
+/// 100 000-domain tree is larger than the router built from it).
+///
+/// Shape: the JSON object in the module docs; keys `version`,
+/// `virtual_hosts`, `tenant_maps`, each at most once, in any order (a rule's
+/// `tenant` is resolved once the whole object is read). Errors name the
+/// field, as [`switchyard_sdk::config::parse_document`] does.
+#[derive(Debug)]
+pub struct Table(pub Router);
+
+impl<'de> Deserialize<'de> for Table {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TableVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum TableField {
+    Version,
+    VirtualHosts,
+    TenantMaps,
+}
+
+struct TableVisitor;
+
+impl<'de> Visitor<'de> for TableVisitor {
+    type Value = Table;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a routing table object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Table, A::Error> {
+        let mut c = Compiler::default();
+        let mut version: Option<Option<u64>> = None;
+        let mut tenant_maps: Option<BTreeMap<String, TenantMapDoc>> = None;
+        let mut seen_virtual_hosts = false;
+        while let Some(field) = map.next_key::<TableField>()? {
+            match field {
+                TableField::Version if version.is_some() => {
+                    return Err(de::Error::duplicate_field("version"));
+                }
+                TableField::Version => version = Some(map.next_value()?),
+                TableField::VirtualHosts if seen_virtual_hosts => {
+                    return Err(de::Error::duplicate_field("virtual_hosts"));
+                }
+                TableField::VirtualHosts => {
+                    seen_virtual_hosts = true;
+                    map.next_value_seed(VirtualHosts(&mut c))?;
+                }
+                TableField::TenantMaps if tenant_maps.is_some() => {
+                    return Err(de::Error::duplicate_field("tenant_maps"));
+                }
+                TableField::TenantMaps => tenant_maps = Some(map.next_value()?),
+            }
+        }
+        c.finish(version.flatten(), tenant_maps.unwrap_or_default())
+            .map(Table)
+            .map_err(nested_error)
+    }
+}
+
+/// Compiles `virtual_hosts` element by element.
+struct VirtualHosts<'c>(&'c mut Compiler);
+
+impl<'de> DeserializeSeed<'de> for VirtualHosts<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VirtualHosts<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of virtual hosts")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(vh) = seq.next_element::<VirtualHostDoc>()? {
+            let i = self.0.read;
+            self.0
+                .virtual_host(&vh)
+                .map_err(|e| nested_error(e.within(&format!("[{i}]"))))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
 struct Compiler {
     clusters: Interner,
     rule_names: Interner,
-    tenant_ids: HashMap<String, u32>,
-}
-
-pub fn compile(doc: &TableDoc) -> Result<Router, ConfigError> {
-    let mut c = Compiler {
-        clusters: Interner::default(),
-        rule_names: Interner::default(),
-        tenant_ids: HashMap::new(),
-    };
-    let mut tenant_maps = Vec::with_capacity(doc.tenant_maps.len());
-    for (name, map) in &doc.tenant_maps {
-        let id = u32::try_from(tenant_maps.len()).unwrap_or(u32::MAX);
-        tenant_maps.push(
-            c.tenant_map(map)
-                .map_err(|e| e.within(&format!("tenant_maps.{name}")))?,
-        );
-        c.tenant_ids.insert(name.clone(), id);
-    }
-    let mut domains = DomainIndex::new();
-    let mut vhosts = Vec::with_capacity(doc.virtual_hosts.len());
-    for (i, vh) in doc.virtual_hosts.iter().enumerate() {
-        let at = format!("virtual_hosts[{i}]");
-        let id = u32::try_from(i).map_err(|_| ConfigError::new(&at, "too many virtual hosts"))?;
-        ensure(
-            !vh.domains.is_empty(),
-            &format!("{at}.domains"),
-            "must not be empty",
-        )?;
-        for (j, d) in vh.domains.iter().enumerate() {
-            let at = format!("{at}.domains[{j}]");
-            let pattern = Pattern::parse(d).map_err(|e| ConfigError::new(&at, e))?;
-            domains
-                .insert(pattern, id)
-                .map_err(|e| ConfigError::new(&at, format!("{e} {d:?}")))?;
-        }
-        let rules = vh
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(j, r)| c.rule(r).map_err(|e| e.within(&format!("{at}.rules[{j}]"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        vhosts.push(VirtualHost {
-            rules: rules.into_boxed_slice(),
-        });
-    }
-    ensure(
-        c.rule_names.names.len() <= MAX_RULE_STATS,
-        "virtual_hosts",
-        &format!("at most {MAX_RULE_STATS} distinct rule names (each is a metric)"),
-    )?;
-    Ok(Router {
-        version: doc.version,
-        domains,
-        vhosts: vhosts.into_boxed_slice(),
-        clusters: c.clusters.names.into_boxed_slice(),
-        tenant_maps: tenant_maps.into_boxed_slice(),
-        rule_names: c.rule_names.names.into_boxed_slice(),
-    })
+    /// Tenant map names in order of first reference (their ids), with the
+    /// path of that reference, for the error if no such map is defined.
+    tenants: Vec<(Box<str>, String)>,
+    domains: DomainIndex,
+    /// Compiled virtual hosts; several documents may share one.
+    vhosts: Vec<VirtualHost>,
+    /// Virtual host documents read so far (for error paths).
+    read: usize,
+    /// Cluster id → the shared virtual host whose one rule sends there.
+    single_cluster: HashMap<u32, u32>,
 }
 
 impl Compiler {
-    fn tenant_map(&mut self, map: &TenantMapDoc) -> Result<TenantMap, ConfigError> {
+    /// Compiles the next virtual host; error paths relative to it.
+    fn virtual_host(&mut self, vh: &VirtualHostDoc) -> Result<(), ConfigError> {
+        let index = self.read;
+        self.read += 1;
+        ensure(!vh.domains.is_empty(), "domains", "must not be empty")?;
+        let mut rules = Vec::with_capacity(vh.rules.len());
+        for (j, r) in vh.rules.iter().enumerate() {
+            let at = format!("virtual_hosts[{index}].rules[{j}]");
+            rules.push(
+                self.rule(r, &at)
+                    .map_err(|e| e.within(&format!("rules[{j}]")))?,
+            );
+        }
+        // Virtual hosts that only send to one cluster share one compiled
+        // host per cluster: a large multi-tenant table is mostly those.
+        let single_cluster = match &rules[..] {
+            [
+                Rule {
+                    matcher: None,
+                    target: Target::Cluster(c),
+                    extras: None,
+                    stat: None,
+                },
+            ] => Some(*c),
+            _ => None,
+        };
+        let shared = single_cluster.and_then(|c| self.single_cluster.get(&c).copied());
+        let id = match shared {
+            Some(id) => id,
+            None => {
+                let id = u32::try_from(self.vhosts.len())
+                    .map_err(|_| ConfigError::new("", "too many virtual hosts"))?;
+                self.vhosts.push(VirtualHost {
+                    rules: rules.into_boxed_slice(),
+                });
+                if let Some(c) = single_cluster {
+                    self.single_cluster.insert(c, id);
+                }
+                id
+            }
+        };
+        for (j, d) in vh.domains.iter().enumerate() {
+            let at = format!("domains[{j}]");
+            let pattern = Pattern::parse(d).map_err(|e| ConfigError::new(&at, e))?;
+            self.domains
+                .insert(pattern, id)
+                .map_err(|e| ConfigError::new(&at, format!("{e} {d:?}")))?;
+        }
+        ensure(
+            self.rule_names.names.len() <= MAX_RULE_STATS,
+            "",
+            &format!("at most {MAX_RULE_STATS} distinct rule names in a table (each is a metric)"),
+        )
+    }
+
+    /// The router, once the whole table is read; error paths relative to
+    /// the table.
+    fn finish(
+        self,
+        version: Option<u64>,
+        mut docs: BTreeMap<String, TenantMapDoc>,
+    ) -> Result<Router, ConfigError> {
+        let Compiler {
+            mut clusters,
+            rule_names,
+            tenants,
+            domains,
+            vhosts,
+            ..
+        } = self;
+        // Every map is checked, referenced or not.
+        for (name, doc) in &docs {
+            Self::tenant_map(doc, &mut Interner::default())
+                .map_err(|e| e.within(&format!("tenant_maps.{name}")))?;
+        }
+        let mut tenant_maps = Vec::with_capacity(tenants.len());
+        for (name, referenced_at) in &tenants {
+            let Some(doc) = docs.remove(&**name) else {
+                return Err(ConfigError::new(
+                    format!("{referenced_at}.tenant"),
+                    format!("no tenant map named {name:?}"),
+                ));
+            };
+            tenant_maps.push(
+                Self::tenant_map(&doc, &mut clusters)
+                    .map_err(|e| e.within(&format!("tenant_maps.{name}")))?,
+            );
+        }
+        Ok(Router {
+            version,
+            domains,
+            vhosts: vhosts.into_boxed_slice(),
+            clusters: clusters.names.into_boxed_slice(),
+            tenant_maps: tenant_maps.into_boxed_slice(),
+            rule_names: rule_names.names.into_boxed_slice(),
+        })
+    }
+
+    /// Compiles a tenant map, interning its clusters in `clusters`.
+    fn tenant_map(map: &TenantMapDoc, clusters: &mut Interner) -> Result<TenantMap, ConfigError> {
         ensure(
             valid_header_name(&map.header),
             "header",
@@ -250,12 +388,12 @@ impl Compiler {
             crate::router::ByteMap::with_capacity_and_hasher(map.entries.len(), Default::default());
         for (key, cluster) in &map.entries {
             check_cluster(cluster, &format!("entries.{key}"))?;
-            entries.insert(key.as_bytes().into(), self.clusters.id(cluster));
+            entries.insert(key.as_bytes().into(), clusters.id(cluster));
         }
         let default = match &map.default_cluster {
             Some(d) => {
                 check_cluster(d, "default_cluster")?;
-                Some(self.clusters.id(d))
+                Some(clusters.id(d))
             }
             None => None,
         };
@@ -266,8 +404,10 @@ impl Compiler {
         })
     }
 
-    fn rule(&mut self, r: &RuleDoc) -> Result<Rule, ConfigError> {
-        let target = self.target(r)?;
+    /// `at`: the rule's path in the table, kept for a `tenant` that names
+    /// no map (known only at the end).
+    fn rule(&mut self, r: &RuleDoc, at: &str) -> Result<Rule, ConfigError> {
+        let target = self.target(r, at)?;
         let matcher = match &r.matcher {
             Some(m) => compile_match(m).map_err(|e| e.within("match"))?,
             None => None,
@@ -295,7 +435,7 @@ impl Compiler {
         })
     }
 
-    fn target(&mut self, r: &RuleDoc) -> Result<Target, ConfigError> {
+    fn target(&mut self, r: &RuleDoc, at: &str) -> Result<Target, ConfigError> {
         let chosen = [
             r.cluster.is_some(),
             r.weighted_clusters.is_some(),
@@ -311,10 +451,14 @@ impl Compiler {
             return Ok(Target::Cluster(self.clusters.id(cluster)));
         }
         if let Some(name) = &r.tenant {
-            let id = self.tenant_ids.get(&**name).ok_or_else(|| {
-                ConfigError::new("tenant", format!("no tenant map named {name:?}"))
-            })?;
-            return Ok(Target::Tenant(*id));
+            let id = match self.tenants.iter().position(|(n, _)| n == name) {
+                Some(id) => id,
+                None => {
+                    self.tenants.push((name.clone(), at.to_string()));
+                    self.tenants.len() - 1
+                }
+            };
+            return Ok(Target::Tenant(u32::try_from(id).unwrap_or(u32::MAX)));
         }
         let Some(w) = &r.weighted_clusters else {
             // invariant: exactly one of the three is set (checked above).
@@ -533,5 +677,52 @@ mod tests {
             assert_eq!(refused(&doc), want);
         }
         assert!(parse(format!("\n{GOOD}\n").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn tenant_maps_may_come_before_or_after_the_hosts() {
+        let hosts = r#""virtual_hosts": [{"domains": ["a"], "rules": [{"tenant": "t"}]},
+            {"domains": ["b"], "rules": [{"cluster": "c"}, {"tenant": "t"}]}]"#;
+        let maps = r#""tenant_maps": {"t": {"header": "x-tenant", "entries": {"k": "cell"}},
+            "unused": {"header": "x-other", "entries": {}}}"#;
+        for doc in [
+            format!("{{{hosts}, {maps}}}"),
+            format!("{{{maps}, {hosts}}}"),
+        ] {
+            let r = parse(doc.as_bytes()).unwrap();
+            assert_eq!((r.domain_count(), r.tenant_key_count()), (2, 1));
+        }
+        let missing = r#"{"virtual_hosts": [{"domains": ["a"], "rules": [{"cluster": "c"}]},
+            {"domains": ["b"], "rules": [{"cluster": "c"}, {"tenant": "nope"}]}]}"#;
+        assert_eq!(
+            refused(missing.as_bytes()),
+            "virtual_hosts[1].rules[1].tenant: no tenant map named \"nope\""
+        );
+        let bad_unused = format!(
+            r#"{{{hosts}, "tenant_maps": {{"t": {{"header": "x-t"}}, "u": {{"header": "X"}}}}}}"#
+        );
+        assert_eq!(
+            refused(bad_unused.as_bytes()),
+            "tenant_maps.u.header: must be a lowercase header name"
+        );
+    }
+
+    #[test]
+    fn errors_inside_hosts_name_the_host_and_keys_appear_once() {
+        let doc = r#"{"version": 3, "virtual_hosts": [{"domains": ["a"], "rules": [{"cluster": "c"}]},
+            {"domains": ["b", "a"], "rules": [{"cluster": "c"}]}]}"#;
+        assert!(
+            refused(doc.as_bytes()).starts_with("virtual_hosts[1].domains[1]: "),
+            "{}",
+            refused(doc.as_bytes())
+        );
+        let doc = r#"{"virtual_hosts": [{"domains": ["a"], "rules": [{"cluster": 5}]}]}"#;
+        assert!(
+            refused(doc.as_bytes()).starts_with("virtual_hosts[0].rules[0].cluster: invalid type")
+        );
+        let twice = r#"{"virtual_hosts": [], "virtual_hosts": []}"#;
+        assert!(refused(twice.as_bytes()).contains("duplicate field `virtual_hosts`"));
+        assert!(refused(br#"{"hosts": []}"#).contains("unknown field `hosts`"));
+        assert_eq!(parse(br#"{"version": 9}"#).unwrap().version, Some(9));
     }
 }

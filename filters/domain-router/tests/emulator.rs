@@ -286,6 +286,77 @@ fn generations_alternate_between_two_slots() {
     assert_eq!(pointer, 5u64.to_le_bytes().to_vec());
 }
 
+/// A table of `n` virtual hosts `h<i>.test` → `cluster`, several chunks long.
+fn many_hosts(n: usize, cluster: &str) -> String {
+    let hosts: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"domains": ["h{i}.test"], "rules": [{{"cluster": "{cluster}"}}]}}"#))
+        .collect();
+    format!(r#"{{"virtual_hosts": [{}]}}"#, hosts.join(","))
+}
+
+#[test]
+fn large_tables_travel_in_chunks_and_a_torn_read_is_retried() {
+    let host = Host::new(switchyard_domain_router::init)
+        .plugin_config(plugin(CONTROL))
+        .build();
+    let w1 = host.start_worker();
+    let w2 = host.start_worker();
+    let answer = |v: u64, body: String| {
+        host.advance(std::time::Duration::from_millis(1000));
+        w1.tick();
+        w2.tick();
+        let call = host.expect_http_call("control");
+        let poller = if call.worker == w1.index() { &w1 } else { &w2 };
+        let etag = format!("\"v{v}\"");
+        poller.respond_http_call(
+            call.token,
+            CallOutcome::response(200, &[("etag", etag.as_str())], body),
+        );
+        call.worker
+    };
+    let big = many_hosts(5_000, "big");
+    assert!(
+        big.len() > 4 * 65_536,
+        "{} bytes: several chunks",
+        big.len()
+    );
+    let poller = answer(1, big.clone());
+    let other = if poller == w1.index() { &w2 } else { &w1 };
+    let cluster = |w: &Worker, h: &str| get(w, h, "/", &[]).request_header("x-switchyard-cluster");
+
+    // A chunk of another generation (the slot being rewritten): the read is
+    // torn, nothing is installed and nothing counted as a failure.
+    let prefix = "switchyard/domain-router/control/table";
+    let chunk = format!("{prefix}/table/1/2");
+    let (good, _) = host.shared_data(&chunk).expect("chunk 2 stored");
+    let mut other_generation = good.clone();
+    other_generation[..8].copy_from_slice(&3u64.to_le_bytes());
+    host.set_shared_data(&chunk, &other_generation);
+    host.advance(std::time::Duration::from_millis(100));
+    other.tick();
+    assert_eq!(cluster(other, "h4999.test"), None);
+    assert_eq!(
+        host.metric("switchyard.domain-router.reload_failures"),
+        Some(0)
+    );
+    // Restored: the next tick loads it.
+    host.set_shared_data(&chunk, &good);
+    host.advance(std::time::Duration::from_millis(100));
+    other.tick();
+    assert_eq!(cluster(other, "h4999.test").as_deref(), Some("big"));
+    assert_eq!(cluster(other, "h0.test").as_deref(), Some("big"));
+
+    // Generation 3 goes to the same slot, smaller: its unused chunk keys
+    // are emptied, not left holding the old table.
+    answer(2, many_hosts(10, "two"));
+    answer(3, many_hosts(10, "three"));
+    assert_eq!(host.shared_data(&chunk).map(|(v, _)| v), Some(Vec::new()));
+    host.advance(std::time::Duration::from_millis(100));
+    other.tick();
+    assert_eq!(cluster(other, "h9.test").as_deref(), Some("three"));
+    assert_eq!(cluster(other, "h4999.test"), None);
+}
+
 #[test]
 fn unreachable_control_endpoint_keeps_the_inline_table() {
     let host = Host::new(switchyard_domain_router::init)

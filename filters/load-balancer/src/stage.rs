@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 use switchyard_sdk::codec::{Postcard, fnv1a64};
 use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::config::Source;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host;
 use switchyard_sdk::job::Job;
@@ -33,7 +34,7 @@ pub const SPEC: StageSpec = StageSpec {
     build,
 };
 
-fn build(raw: &[u8], setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(raw: Source<'_>, setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(raw)?;
     Ok(Box::new(LoadBalancer::new(config, setup)))
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use switchyard_proto::rls::{RateLimitRequest, RateLimitResponse};
 use switchyard_sdk::callout::CalloutError;
 use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::config::Source;
 use switchyard_sdk::shared::SharedValue;
 use switchyard_sdk::stage::{Exchange, Flow, Phase, Setup, Stage, StageSpec};
 
@@ -27,7 +28,7 @@ pub const SPEC: StageSpec = StageSpec {
     build,
 };
 
-fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config = switchyard_sdk::config::parse(config)?;
     let filter = Filter::new(config);
     // Every bucket key exists before the first request, so two workers can

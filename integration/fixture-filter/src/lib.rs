@@ -47,7 +47,7 @@ pub const SPEC: StageSpec = StageSpec {
 
 switchyard_sdk::module!(single: SPEC);
 
-fn build(raw: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(raw: config::Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config: FixtureConfig = config::parse(raw)?;
     log::info!("fixture configured: stamp={}", config.stamp);
     let count = SharedValue::new(COUNT_KEY);

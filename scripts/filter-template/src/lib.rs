@@ -6,7 +6,7 @@
 pub mod config;
 pub mod logic;
 
-use switchyard_sdk::config::ConfigError;
+use switchyard_sdk::config::{ConfigError, Source};
 use switchyard_sdk::metrics::{self, Counter};
 use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
 
@@ -23,7 +23,7 @@ pub const SPEC: StageSpec = StageSpec {
 // This crate is its own module (build/wasm/switchyard___NAME_SNAKE__.wasm).
 switchyard_sdk::module!(single: SPEC);
 
-fn build(config: &[u8], _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
+fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     Ok(Box::new(Filter {
         config: switchyard_sdk::config::parse(config)?,
         responses: Counter::new(&metrics::name("__NAME__", "responses")),
