@@ -40,6 +40,10 @@ pub const ECHO_HEADER: &str = "x-switchyard-echo";
 pub const ORCA_HEADER: &str = "endpoint-load-metrics";
 /// ORCA header carrying a bare base64 serialized `OrcaLoadReport`.
 pub const ORCA_BIN_HEADER: &str = "endpoint-load-metrics-bin";
+/// The ORCA named metric in which measured reports carry the backend's
+/// requests in flight (`named_metrics.in_flight`; the load balancer's
+/// `prequal.in_flight_metric` default).
+pub const IN_FLIGHT_METRIC: &str = "in_flight";
 /// Capacity used for measured utilization when the backend has no capacity limit.
 pub const NOMINAL_CAPACITY: usize = 100;
 
@@ -450,6 +454,11 @@ pub struct BackendSpec {
     pub capacity: Option<usize>,
     pub orca: OrcaFormat,
     pub orca_source: OrcaSource,
+    /// Serve unary gRPC over cleartext HTTP/2 instead of HTTP/1.1: the
+    /// answer is an empty message, `grpc-status` (0, or 14 UNAVAILABLE for
+    /// an injected error) and the load report (`endpoint-load-metrics-bin`)
+    /// travel in the trailers, as gRPC servers send them.
+    pub grpc: bool,
 }
 
 impl BackendSpec {
@@ -464,7 +473,13 @@ impl BackendSpec {
             capacity: None,
             orca: OrcaFormat::None,
             orca_source: OrcaSource::Measured,
+            grpc: false,
         }
+    }
+    /// Unary gRPC over HTTP/2, reports in trailers (the `grpc` field).
+    pub fn grpc(mut self) -> Self {
+        self.grpc = true;
+        self
     }
     pub fn latency(mut self, l: Latency) -> Self {
         self.latency = l;
@@ -636,6 +651,8 @@ struct Counters {
     busy: AtomicUsize,
     max_busy: AtomicUsize,
     queued: AtomicUsize,
+    /// Capacity slots an antagonist holds ([`Backend::set_antagonist`]).
+    antagonist: AtomicUsize,
 }
 
 /// Increments a gauge (and its high-water mark) and decrements it on drop, so
@@ -660,6 +677,7 @@ impl Drop for Gauge<'_> {
 
 struct Shared {
     name: String,
+    grpc: bool,
     name_value: HeaderValue,
     capacity: Option<usize>,
     permits: Option<Semaphore>,
@@ -677,18 +695,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Utilization counts the antagonist's slots (a real server's CPU
+    /// does); `named_metrics.in_flight` ([`IN_FLIGHT_METRIC`]) is the
+    /// requests received and not yet answered, this one included.
     fn measured_report(&self) -> LoadReport {
         let cap = self.capacity.unwrap_or(NOMINAL_CAPACITY).max(1) as f64;
-        let busy = self.counters.busy.load(Ordering::SeqCst) as f64;
-        let queued = self.counters.queued.load(Ordering::SeqCst) as f64;
+        let c = &self.counters;
+        let busy = c.busy.load(Ordering::SeqCst) as f64;
+        let queued = c.queued.load(Ordering::SeqCst) as f64;
+        let antagonist = c.antagonist.load(Ordering::SeqCst) as f64;
+        let in_flight = c.in_flight.load(Ordering::SeqCst) as f64;
         let (rps, eps) = lock(&self.rates).rates(Instant::now());
         LoadReport {
-            cpu_utilization: busy / cap,
-            application_utilization: (busy + queued) / cap,
+            cpu_utilization: ((busy + antagonist) / cap).min(1.0),
+            application_utilization: (busy + queued + antagonist) / cap,
             rps_fractional: rps,
             eps,
             ..LoadReport::default()
         }
+        .named(IN_FLIGHT_METRIC, in_flight)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -801,7 +826,58 @@ impl Shared {
 pub struct Backend {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    /// The accept loop; `None` while crashed ([`Backend::crash`]).
+    task: Option<JoinHandle<()>>,
+    antagonist: Option<JoinHandle<()>>,
+}
+
+/// Serves `listener` for `shared` until aborted.
+fn serve_task(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
+    use crate::server::{Protocol, serve};
+    let counted = shared.clone();
+    let on_accept = move || {
+        counted.counters.connections.fetch_add(1, Ordering::SeqCst);
+    };
+    tokio::spawn(async move {
+        if shared.grpc {
+            serve(listener, Protocol::Http2, on_accept, move |req| {
+                let shared = shared.clone();
+                async move { as_grpc(shared.handle(req).await) }
+            })
+            .await
+        } else {
+            serve(listener, Protocol::Http1, on_accept, move |req| {
+                let shared = shared.clone();
+                async move { shared.handle(req).await }
+            })
+            .await
+        }
+    })
+}
+
+/// The gRPC form of an answer: an empty message; `grpc-status` 0 for a
+/// 200, else 14 (UNAVAILABLE); the load report headers move to the
+/// trailers (TEXT and JSON reports too, though gRPC servers send BIN).
+fn as_grpc(resp: Response<Full<Bytes>>) -> Response<crate::server::GrpcBody> {
+    let (parts, _) = resp.into_parts();
+    let mut trailers = hyper::HeaderMap::new();
+    let status = if parts.status == StatusCode::OK {
+        "0"
+    } else {
+        "14"
+    };
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    for name in [ORCA_HEADER, ORCA_BIN_HEADER] {
+        if let Some(v) = parts.headers.get(name) {
+            trailers.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    let mut out = crate::server::grpc_response(Some(&[]), trailers);
+    if let Some(v) = parts.headers.get(BACKEND_HEADER) {
+        out.headers_mut()
+            .insert(HeaderName::from_static(BACKEND_HEADER), v.clone());
+    }
+    out
 }
 
 impl std::fmt::Debug for Backend {
@@ -826,6 +902,7 @@ impl Backend {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             name: spec.name,
+            grpc: spec.grpc,
             name_value,
             capacity: spec.capacity,
             permits: spec.capacity.map(Semaphore::new),
@@ -843,25 +920,68 @@ impl Backend {
             by_path: Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
         });
-        let task = {
-            let counted = shared.clone();
-            let handler = shared.clone();
-            tokio::spawn(async move {
-                crate::server::serve(
-                    listener,
-                    crate::server::Protocol::Http1,
-                    move || {
-                        counted.counters.connections.fetch_add(1, Ordering::SeqCst);
-                    },
-                    move |req| {
-                        let shared = handler.clone();
-                        async move { shared.handle(req).await }
-                    },
-                )
-                .await
-            })
-        };
-        Ok(Backend { addr, shared, task })
+        let task = serve_task(listener, shared.clone());
+        Ok(Backend {
+            addr,
+            shared,
+            task: Some(task),
+            antagonist: None,
+        })
+    }
+
+    /// Crashes the backend: the port closes and every connection drops
+    /// (requests in flight get a reset, new ones a refused connection).
+    pub async fn crash(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port after [`Backend::crash`].
+    pub async fn recover(&mut self) -> anyhow::Result<()> {
+        self.crash().await;
+        let mut last = None;
+        // The port was ours a moment ago; retry briefly in case the kernel
+        // has not released it yet.
+        for _ in 0..50 {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => {
+                    self.task = Some(serve_task(listener, self.shared.clone()));
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("bind failed"), anyhow::Error::from))
+            .with_context(|| format!("rebinding {}", self.addr))
+    }
+
+    /// An antagonist (another tenant, a GC, a noisy neighbour) takes
+    /// `slots` of the capacity from now on, whatever the proxies send: it
+    /// waits for them like a request and holds them until the next call.
+    /// Reported utilization counts them. No-op without a capacity limit.
+    pub fn set_antagonist(&mut self, slots: usize) {
+        if let Some(t) = self.antagonist.take() {
+            t.abort();
+        }
+        self.shared.counters.antagonist.store(0, Ordering::SeqCst);
+        let slots = slots.min(self.shared.capacity.unwrap_or(0));
+        if slots == 0 {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.antagonist = Some(tokio::spawn(async move {
+            let Some(sem) = &shared.permits else { return };
+            let Ok(n) = u32::try_from(slots) else { return };
+            // The semaphore is never closed.
+            let Ok(_held) = sem.acquire_many(n).await else {
+                return;
+            };
+            shared.counters.antagonist.store(slots, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }));
     }
 
     /// The bound address (always `127.0.0.1:<port>`).
@@ -930,6 +1050,13 @@ impl Backend {
         lock(&self.shared.knobs).orca_source = s;
     }
 
+    /// A function giving the measured report of this backend at any time
+    /// (for probes that outlive a borrow of the backend).
+    pub fn report_probe(&self) -> impl Fn() -> LoadReport + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.measured_report()
+    }
+
     /// The load this backend would report right now (fixed or measured).
     pub fn current_report(&self) -> LoadReport {
         match &lock(&self.shared.knobs).orca_source {
@@ -950,14 +1077,19 @@ impl Backend {
     /// Stops the server and waits until the accept loop is gone; its
     /// connection tasks are aborted with it, closing keep-alive connections.
     pub async fn stop(mut self) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
+        self.set_antagonist(0);
+        self.crash().await;
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in [self.task.take(), self.antagonist.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
     }
 }
 

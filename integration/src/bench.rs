@@ -104,8 +104,13 @@ pub struct BenchConfig {
     /// Core for Envoy; the caller runs on the others.
     pub envoy_cpu: usize,
     /// Only variants whose name contains one of these (empty: all); the
-    /// baseline always runs, and the LB quality run is skipped.
+    /// baseline always runs; the LB quality matrix runs only when empty or
+    /// when one of them is `lb-matrix`.
     pub only: Vec<String>,
+    /// Repeats of every cell of the LB quality matrix.
+    pub lb_repeats: usize,
+    /// Scenarios of the LB quality matrix, by letter (`abcde`: all).
+    pub lb_scenarios: String,
 }
 
 impl Default for BenchConfig {
@@ -119,6 +124,8 @@ impl Default for BenchConfig {
             open_loop_duration: Duration::from_secs(3),
             envoy_cpu: 0,
             only: Vec::new(),
+            lb_repeats: 3,
+            lb_scenarios: "abcde".into(),
         }
     }
 }
@@ -235,7 +242,7 @@ async fn measure(variant: &Variant, backends: &[Backend], cfg: &BenchConfig) -> 
 }
 
 /// Starts native Envoy for `variant` in front of `backends`, pinned to `cpu`.
-async fn start_variant(
+pub(crate) async fn start_variant(
     variant: &Variant,
     backends: &[Backend],
     cpu: usize,
@@ -404,10 +411,10 @@ pub async fn run(
     })
 }
 
-const BASE: &str = include_str!("../templates/bench/base.yaml");
+pub(crate) const BASE: &str = include_str!("../templates/bench/base.yaml");
 
 /// One wasm filter entry of `http_filters`, as a template fragment.
-fn wasm_filter(name: &str, module: &str, config: &serde_json::Value) -> String {
+pub(crate) fn wasm_filter(name: &str, module: &str, config: &serde_json::Value) -> String {
     let config = serde_json::to_string(&config.to_string()).unwrap_or_default();
     format!(
         "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n      name: {name}\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n        value: {config}\n      vm_config:\n        vm_id: {name}\n        runtime: envoy.wasm.runtime.v8\n        code:\n          local: {{ filename: \"{{{{ wasm_dir }}}}/{module}.wasm\" }}\n"
@@ -439,7 +446,7 @@ fn rate_limit_config() -> serde_json::Value {
 
 /// Stands for the backends' addresses in a filter config; [`measure`]
 /// replaces it once the backends are up.
-const ENDPOINTS: &str = "__ENDPOINTS__";
+pub(crate) const ENDPOINTS: &str = "__ENDPOINTS__";
 
 fn lb_config() -> serde_json::Value {
     serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS})
@@ -775,198 +782,6 @@ impl BenchReport {
     }
 }
 
-/// One load-balancing policy's behaviour under the quality scenario.
-#[derive(Debug, Clone, Serialize)]
-pub struct LbQuality {
-    pub name: String,
-    pub requests: u64,
-    pub errors: u64,
-    pub error_rate: f64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    /// Share of requests per backend before and after the slow-down.
-    pub shares_before: BTreeMap<String, f64>,
-    pub shares_after: BTreeMap<String, f64>,
-}
-
-/// Settings of the load-balancing quality run (issue: LB quality).
-#[derive(Debug, Clone, Serialize)]
-pub struct LbQualityConfig {
-    /// Service time of every backend.
-    pub latency_ms: u64,
-    /// Concurrency capacity of the smallest backend (the others have 2× and 4×).
-    pub unit_capacity: usize,
-    /// Offered load as a share of the total capacity.
-    pub load_share: f64,
-    /// Phase length: normal, then the largest backend slowed 4×.
-    pub phase: Duration,
-}
-
-impl Default for LbQualityConfig {
-    fn default() -> Self {
-        LbQualityConfig {
-            latency_ms: 10,
-            unit_capacity: 4,
-            load_share: 0.8,
-            phase: Duration::from_secs(8),
-        }
-    }
-}
-
-/// Backends of capacity 1×/2×/4× reporting their utilization, offered 80 %
-/// of the total capacity open-loop; half-way the largest slows down 4×.
-/// Compares the Switchyard load balancer with Envoy's round_robin,
-/// least_request and client_side_weighted_round_robin on the same backends.
-pub async fn lb_quality(
-    cfg: &LbQualityConfig,
-    envoy_cpu: usize,
-    progress: impl Fn(&str),
-) -> Result<Vec<LbQuality>> {
-    let capacity_rps = |cap: usize| cap as f64 * 1000.0 / cfg.latency_ms as f64;
-    let caps = [
-        cfg.unit_capacity,
-        cfg.unit_capacity * 2,
-        cfg.unit_capacity * 4,
-    ];
-    let rate = caps.iter().map(|c| capacity_rps(*c)).sum::<f64>() * cfg.load_share;
-    let lb = serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS,
-        "weighted_round_robin": {"blackout_period_ms": 1000, "weight_update_period_ms": 200}});
-    let variants = vec![
-        Variant::new(
-            "switchyard load-balancer (A58 WRR)",
-            Role::Switchyard { group: "lb".into() },
-            BASE,
-        )
-        .partial(
-            "filters",
-            wasm_filter("lb", "switchyard_load_balancer", &lb),
-        )
-        .partial(
-            "lb_extra",
-            include_str!("../templates/bench/lb-override-host.yaml"),
-        ),
-        Variant::new(
-            "envoy round_robin",
-            Role::Native { group: "lb".into() },
-            BASE,
-        ),
-        Variant::new(
-            "envoy least_request",
-            Role::Native { group: "lb".into() },
-            BASE,
-        )
-        .partial(
-            "lb_extra",
-            include_str!("../templates/bench/native-least-request.yaml"),
-        ),
-        Variant::new(
-            "envoy client_side_weighted_round_robin",
-            Role::Native { group: "lb".into() },
-            BASE,
-        )
-        .partial(
-            "lb_extra",
-            include_str!("../templates/bench/native-cswrr-fast.yaml"),
-        ),
-    ];
-    let mut out = Vec::new();
-    for v in &variants {
-        progress(&format!("lb quality: {}", v.name));
-        let names = ["x1", "x2", "x4"];
-        let mut backends = Vec::new();
-        for (name, cap) in names.iter().zip(caps) {
-            backends.push(
-                Backend::start(
-                    BackendSpec::new(*name)
-                        .latency_ms(cfg.latency_ms)
-                        .capacity(cap)
-                        .orca(OrcaFormat::Text),
-                )
-                .await?,
-            );
-        }
-        let envoy = start_variant(v, &backends, envoy_cpu, 1).await?;
-        let ingress = envoy.listener("ingress")?;
-        let load = |d| Load::OpenLoop {
-            rate_per_sec: rate,
-            duration: d,
-            max_in_flight: 4096,
-        };
-        let spec = RequestSpec::get(v.host.clone(), v.path.clone());
-        let before = Traffic::new(ingress, load(cfg.phase))
-            .spec(spec.clone())
-            .run()
-            .await?;
-        backends[2].set_latency(crate::backend::Latency::Fixed(Duration::from_millis(
-            cfg.latency_ms * 4,
-        )));
-        let after = Traffic::new(ingress, load(cfg.phase))
-            .spec(spec)
-            .run()
-            .await?;
-        let shares = |r: &crate::traffic::TrafficReport| {
-            names
-                .iter()
-                .map(|n| (n.to_string(), r.share(n)))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let requests = before.sent + before.dropped + after.sent + after.dropped;
-        let ok = before.success_count() + after.success_count();
-        let mut latency = before.latency.clone();
-        latency.add(&after.latency).ok();
-        out.push(LbQuality {
-            name: v.name.clone(),
-            requests,
-            errors: requests.saturating_sub(ok),
-            error_rate: requests.saturating_sub(ok) as f64 / requests.max(1) as f64,
-            p50_us: latency.value_at_quantile(0.50),
-            p99_us: latency.value_at_quantile(0.99),
-            shares_before: shares(&before),
-            shares_after: shares(&after),
-        });
-    }
-    Ok(out)
-}
-
-/// The LB quality results as a markdown table.
-pub fn lb_quality_markdown(rows: &[LbQuality], cfg: &LbQualityConfig) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "LB quality: backends of capacity 1×/2×/4× ({} concurrent × {} ms), {}% of total capacity offered open-loop; after {:?} the 4× backend slows down 4×.\n",
-        cfg.unit_capacity,
-        cfg.latency_ms,
-        (cfg.load_share * 100.0).round(),
-        cfg.phase
-    );
-    let _ = writeln!(
-        out,
-        "| policy | requests | error rate | p50 µs | p99 µs | shares before (x1/x2/x4) | shares after |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|---|");
-    let fmt = |m: &BTreeMap<String, f64>| {
-        ["x1", "x2", "x4"]
-            .iter()
-            .map(|k| format!("{:.0}%", m.get(*k).copied().unwrap_or(0.0) * 100.0))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {:.2}% | {} | {} | {} | {} |",
-            r.name,
-            r.requests,
-            r.error_rate * 100.0,
-            r.p50_us,
-            r.p99_us,
-            fmt(&r.shares_before),
-            fmt(&r.shares_after)
-        );
-    }
-    out
-}
-
 /// Envoy's resident memory with the domain router's small and large tables
 /// at one and at four workers, against no filter at the same concurrency
 /// (wasm VMs, one per worker plus the main thread's, live outside Envoy's
@@ -1118,8 +933,9 @@ pub fn memory_markdown(rows: &[MemoryRow]) -> String {
     out
 }
 
-/// Everything `make bench` runs: the variants, then the LB quality run;
-/// writes `bench-<time>.json` and `latest.md` under `out`, prints the tables.
+/// Everything `make bench` runs: the variants, the memory rows, then the
+/// LB quality matrix; writes `bench-<time>.json`, `latest.md` and
+/// `lb-matrix.html` under `out`, prints the tables.
 pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<()> {
     let started = std::time::Instant::now();
     let progress = |step: &str| eprintln!("bench: {step}");
@@ -1137,9 +953,14 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
     } else {
         Vec::new()
     };
-    let lb_cfg = LbQualityConfig::default();
-    let lb = if cfg.only.is_empty() {
-        lb_quality(&lb_cfg, cfg.envoy_cpu, progress).await?
+    let lb_cfg = crate::lb_matrix::MatrixConfig {
+        envoy_cpu: cfg.envoy_cpu,
+        repeats: cfg.lb_repeats,
+        scenarios: cfg.lb_scenarios.clone(),
+        ..Default::default()
+    };
+    let lb = if cfg.only.is_empty() || cfg.only.iter().any(|o| o == "lb-matrix") {
+        crate::lb_matrix::run(&lb_cfg, progress).await?
     } else {
         Vec::new()
     };
@@ -1150,14 +971,19 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         .unwrap_or(0);
     let json = out.join(format!("bench-{stamp}.json"));
     let doc = serde_json::json!({"variants": report, "memory": mem,
-        "lb_quality": {"config": lb_cfg, "results": lb}});
+        "lb_matrix": {"config": lb_cfg, "cells": lb}});
     std::fs::write(&json, serde_json::to_vec_pretty(&doc)?)?;
+    let default_policy = crate::lb_matrix::DEFAULT_POLICY;
     let table = format!(
         "{}{}\n{}",
         report.markdown(),
         memory_markdown(&mem),
-        lb_quality_markdown(&lb, &lb_cfg)
+        crate::lb_matrix::markdown(&lb, &lb_cfg, default_policy)
     );
+    if !lb.is_empty() {
+        let page = crate::lb_matrix::html(&lb, &lb_cfg, default_policy)?;
+        std::fs::write(out.join("lb-matrix.html"), page)?;
+    }
     std::fs::write(out.join("latest.md"), &table)?;
     println!("{table}");
     println!(

@@ -2,14 +2,16 @@
 //!
 //! - [`envoy`]: start Envoy from a config template, in Docker or as a native
 //!   process, wait until ready, read stats and logs, always clean up.
-//! - [`backend`]: loopback HTTP backends with configurable latency, errors and
-//!   capacity that report their load in Envoy's ORCA formats.
+//! - [`backend`]: loopback backends (HTTP/1.1, or unary gRPC over HTTP/2 with
+//!   reports in the trailers) with configurable latency, errors, capacity, an
+//!   antagonist taking capacity, crashes; they report their load in Envoy's
+//!   ORCA formats, requests in flight included.
 //! - [`discovery`]: a scripted server: endpoint-discovery source and an
 //!   upstream with byte-exact (e.g. malformed) headers, restartable on its port.
 //! - [`traffic`]: a traffic driver that returns status, backend and latency
 //!   distributions.
-//! - [`grpc_backend`]: a unary gRPC backend (HTTP/2) reporting its load in
-//!   trailing metadata.
+//! - [`lb_matrix`]: the load-balancing quality matrix of `make bench`
+//!   (policies × scenarios with several proxies, antagonists, crashes, gRPC).
 //! - [`rls`]: a rate limit service (Envoy RLS gRPC API) with fixed-window
 //!   counting.
 //! - [`scenario`]: YAML scenarios (config, backends with events, traffic
@@ -21,7 +23,7 @@ pub mod collector;
 pub mod control;
 pub mod discovery;
 pub mod envoy;
-pub mod grpc_backend;
+pub mod lb_matrix;
 pub mod paths;
 pub mod replay;
 pub mod rls;

@@ -92,9 +92,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         envoy_cpu: usize,
         /// Only the variants whose name contains one of these (the
-        /// baseline always runs); skips the load-balancing quality run.
+        /// baseline always runs); skips the load-balancing quality matrix
+        /// unless one of them is `lb-matrix`.
         #[arg(long)]
         only: Vec<String>,
+        /// Interleaved repeats of every cell of the load-balancing matrix.
+        #[arg(long, default_value_t = 3)]
+        lb_repeats: usize,
+        /// Scenarios of the load-balancing matrix, by letter (a: 1 proxy,
+        /// b: 3 proxies, c: antagonist, d: crash, e: gRPC).
+        #[arg(long, default_value = "abcde")]
+        lb_scenarios: String,
     },
 }
 
@@ -181,12 +189,16 @@ async fn real_main() -> Result<ExitCode> {
             out,
             envoy_cpu,
             only,
+            lb_repeats,
+            lb_scenarios,
         } => {
             let cfg = bench::BenchConfig {
                 rounds,
                 duration: Duration::from_secs(seconds),
                 envoy_cpu,
                 only,
+                lb_repeats,
+                lb_scenarios,
                 ..bench::BenchConfig::default()
             };
             bench_main(&cfg, &out).await.map(|()| ExitCode::SUCCESS)

@@ -126,10 +126,16 @@ impl Response {
 type Inner = Client<HttpConnector, Full<Bytes>>;
 
 fn new_inner() -> Inner {
+    client(false)
+}
+
+/// A pooled client: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+fn client(http2: bool) -> Inner {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
+        .http2_only(http2)
         .build(http)
 }
 
@@ -254,10 +260,53 @@ fn build_request(addr: SocketAddr, spec: &RequestSpec) -> anyhow::Result<Request
 /// Sends one request and reads the whole body (so the connection can go back
 /// to the pool).
 async fn exchange(client: &Inner, req: Request<Full<Bytes>>) -> anyhow::Result<(Parts, Bytes)> {
+    let (parts, body, _) = exchange_with_trailers(client, req).await?;
+    Ok((parts, body))
+}
+
+/// [`exchange`], keeping the trailers.
+async fn exchange_with_trailers(
+    client: &Inner,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<(Parts, Bytes, Option<hyper::HeaderMap>)> {
     let resp = client.request(req).await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.context("reading response body")?;
-    Ok((parts, body.to_bytes()))
+    let trailers = body.trailers().cloned();
+    Ok((parts, body.to_bytes(), trailers))
+}
+
+/// The HTTP status of an answer: for gRPC (`content-type:
+/// application/grpc...`), the one Envoy maps its `grpc-status` to
+/// (`Grpc::Utility::grpcToHttpStatus`: 0 → 200, UNAVAILABLE → 503, a
+/// missing status → 503, others by their kind), else the HTTP status.
+pub fn grpc_as_http(parts: &Parts, trailers: Option<&hyper::HeaderMap>) -> u16 {
+    let grpc = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc || parts.status != hyper::StatusCode::OK {
+        return parts.status.as_u16();
+    }
+    let code = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match code {
+        Some(0) => 200,
+        Some(1) => 499,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) | None => 503,
+        Some(16) => 401,
+        Some(_) => 500,
+    }
 }
 
 /// The shape of the load.
@@ -463,6 +512,7 @@ pub struct Traffic {
     request: RequestFn,
     timeout: Duration,
     max_samples: usize,
+    http2: bool,
 }
 
 impl fmt::Debug for Traffic {
@@ -485,7 +535,16 @@ impl Traffic {
             request: Arc::new(|_| RequestSpec::default()),
             timeout: Duration::from_secs(10),
             max_samples: 1_000_000,
+            http2: false,
         }
+    }
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1, e.g.
+    /// for gRPC. A gRPC answer (`content-type: application/grpc...`)
+    /// counts with the HTTP status Envoy maps its `grpc-status` to
+    /// ([`grpc_as_http`]).
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
+        self
     }
     /// Request `i` is `f(i)`: mix hosts, paths and headers per request.
     pub fn request(mut self, f: impl Fn(u64) -> RequestSpec + Send + Sync + 'static) -> Self {
@@ -517,7 +576,7 @@ impl Traffic {
             self.target
         );
         let ctx = Arc::new(Ctx {
-            client: new_inner(),
+            client: client(self.http2),
             target: self.target,
             request: self.request.clone(),
             timeout: self.timeout,
@@ -588,11 +647,12 @@ impl Ctx {
     async fn one(&self, i: u64, intended: Instant) -> anyhow::Result<Done> {
         let spec = (self.request)(i);
         let req = build_request(self.target, &spec).with_context(|| format!("request {i}"))?;
-        let outcome = match tokio::time::timeout(self.timeout, exchange(&self.client, req)).await {
+        let sent = exchange_with_trailers(&self.client, req);
+        let outcome = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => Outcome::Timeout,
             Ok(Err(e)) => Outcome::Transport(format!("{e:#}")),
-            Ok(Ok((parts, _body))) => Outcome::Response {
-                status: parts.status.as_u16(),
+            Ok(Ok((parts, _body, trailers))) => Outcome::Response {
+                status: grpc_as_http(&parts, trailers.as_ref()),
                 backend: parts
                     .headers
                     .get(BACKEND_HEADER)

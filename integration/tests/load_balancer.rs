@@ -718,13 +718,14 @@ async fn a_backend_lying_about_its_load_does_not_take_the_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_reports_in_trailers_drive_the_weights_and_never_reach_the_client() {
     use http_body_util::{BodyExt, Full};
-    use switchyard_integration::grpc_backend::GrpcBackend;
-    let hot = GrpcBackend::start("hot", LoadReport::new().application(0.9).rps(100.0))
-        .await
-        .unwrap();
-    let cold = GrpcBackend::start("cold", LoadReport::new().application(0.1).rps(100.0))
-        .await
-        .unwrap();
+    let grpc = |name: &str, utilization: f64| {
+        BackendSpec::new(name)
+            .grpc()
+            .orca(OrcaFormat::BinHeader)
+            .orca_fixed(LoadReport::new().application(utilization).rps(100.0))
+    };
+    let hot = Backend::start(grpc("hot", 0.9)).await.unwrap();
+    let cold = Backend::start(grpc("cold", 0.1)).await.unwrap();
     let endpoints: Vec<Value> = [&hot, &cold]
         .iter()
         .zip(["hot", "cold"])
@@ -797,5 +798,58 @@ async fn grpc_reports_in_trailers_drive_the_weights_and_never_reach_the_client()
     assert_eq!(reports_seen, 0, "load reports reached the client");
     assert!(cold_share >= 0.8, "cold share {cold_share}: {counts:?}");
     assert!(stat(&envoy, "reports_accepted").await >= 500);
-    assert!(hot.requests() + cold.requests() >= 550);
+    assert!(hot.stats().requests + cold.stats().requests >= 550);
+}
+
+/// Issue 15: the `prequal` policy in real Envoy. One backend reports 50
+/// requests in flight at utilization 0.9 (busy with other proxies'
+/// traffic this Envoy never sees), two report 1 at 0.05, in JSON, TEXT and
+/// BIN: loads 0.9 vs 0.05 per unit of capacity, so the busy one is hot and
+/// gets nothing while a cold one is sampled beside it; the cold ones share
+/// the rest. The reports never reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prequal_keeps_traffic_off_a_backend_busy_with_other_proxies() {
+    let load = |rif: f64, util: f64| LoadReport::new().application(util).named("in_flight", rif);
+    let busy = Backend::start(
+        BackendSpec::new("busy")
+            .orca(OrcaFormat::Json)
+            .orca_fixed(load(50.0, 0.9)),
+    )
+    .await
+    .unwrap();
+    let a = Backend::start(
+        BackendSpec::new("a")
+            .orca(OrcaFormat::Text)
+            .orca_fixed(load(1.0, 0.05)),
+    )
+    .await
+    .unwrap();
+    let b = Backend::start(
+        BackendSpec::new("b")
+            .orca(OrcaFormat::BinHeader)
+            .orca_fixed(load(1.0, 0.05)),
+    )
+    .await
+    .unwrap();
+    let config = json!({
+        "policy": "prequal",
+        "endpoints": [endpoint(&busy), endpoint(&a), endpoint(&b)],
+    });
+    let envoy = start(TEMPLATE, &[&busy, &a, &b], config, None).await;
+    // Every worker hears from every backend once its reports arrive.
+    run(&envoy, 300).await;
+    let r = run(&envoy, 600).await;
+    println!("{}", r.summary_table());
+    assert_eq!(r.success_count(), 600, "{}", r.summary_table());
+    assert!(
+        r.share("busy") < 0.03,
+        "the busy backend is hot: {}",
+        r.summary_table()
+    );
+    assert!(
+        r.share("a") > 0.3 && r.share("b") > 0.3,
+        "{}",
+        r.summary_table()
+    );
+    assert!(stat(&envoy, "reports_accepted").await >= 900);
 }

@@ -46,6 +46,9 @@ pub enum Policy {
     WeightedRoundRobin,
     /// Power of two choices on reported utilization plus local in-flight.
     P2c,
+    /// Prequal's hot-cold rule on requests in flight (reported and local)
+    /// and observed latency ([`crate::prequal`]).
+    Prequal,
     /// Maglev on a header, cookie or the client address (sticky).
     ConsistentHash,
     /// Configured weights only, earliest-deadline-first.
@@ -81,6 +84,7 @@ pub struct Config {
     pub policy: Policy,
     pub weighted_round_robin: WrrConfig,
     pub p2c: P2cConfig,
+    pub prequal: PrequalConfig,
     pub hash: HashConfig,
     /// Envoy's priority overprovisioning factor.
     pub overprovisioning_factor: f64,
@@ -104,6 +108,7 @@ impl Default for Config {
             policy: Policy::WeightedRoundRobin,
             weighted_round_robin: WrrConfig::default(),
             p2c: P2cConfig::default(),
+            prequal: PrequalConfig::default(),
             hash: HashConfig::default(),
             overprovisioning_factor: 1.4,
             passive_health: HealthConfig::default(),
@@ -155,6 +160,50 @@ impl Default for P2cConfig {
         P2cConfig {
             in_flight_cost: 0.1,
         }
+    }
+}
+
+/// The `prequal` policy ([`crate::prequal`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrequalConfig {
+    /// Endpoints sampled per pick (Prequal's probes); all when fewer.
+    pub choices: u32,
+    /// An endpoint whose load estimate is above this quantile of its
+    /// level's estimates is hot (Prequal's `Q_RIF`), in `[0, 1]`.
+    pub hot_quantile: f64,
+    /// The ORCA named metric (`named_metrics.<name>`) in which backends
+    /// report their requests in flight.
+    pub in_flight_metric: String,
+    /// Reports and latency samples older than this are not used, ms.
+    pub max_age_ms: u64,
+}
+
+impl Default for PrequalConfig {
+    fn default() -> Self {
+        PrequalConfig {
+            choices: 2,
+            hot_quantile: 0.8,
+            in_flight_metric: "in_flight".into(),
+            max_age_ms: 1000,
+        }
+    }
+}
+
+impl Validate for PrequalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.choices >= 1, "choices", "must be >= 1")?;
+        ensure(
+            self.hot_quantile.is_finite() && (0.0..=1.0).contains(&self.hot_quantile),
+            "hot_quantile",
+            "must be in [0, 1]",
+        )?;
+        ensure(
+            !self.in_flight_metric.is_empty(),
+            "in_flight_metric",
+            "must not be empty",
+        )?;
+        ensure(self.max_age_ms >= 1, "max_age_ms", "must be >= 1")
     }
 }
 
@@ -398,6 +447,7 @@ impl Validate for Config {
             .validate()
             .map_err(|e| e.within("weighted_round_robin"))?;
         self.p2c.validate().map_err(|e| e.within("p2c"))?;
+        self.prequal.validate().map_err(|e| e.within("prequal"))?;
         self.passive_health
             .validate()
             .map_err(|e| e.within("passive_health"))?;
@@ -618,6 +668,14 @@ mod tests {
             "endpoints[1].address: duplicate address"
         );
         assert!(err(r#"{"endpoints":[],"polcy":"p2c"}"#).contains("unknown field `polcy`"));
+        assert_eq!(
+            err(r#"{"endpoints":[{"address":"127.0.0.1:1"}],"prequal":{"hot_quantile":1.5}}"#),
+            "prequal.hot_quantile: must be in [0, 1]"
+        );
+        assert_eq!(
+            err(r#"{"endpoints":[{"address":"127.0.0.1:1"}],"prequal":{"choices":0}}"#),
+            "prequal.choices: must be >= 1"
+        );
         assert_eq!(
             err(r#"{"discovery":{"cluster":""}}"#),
             "discovery.cluster: must not be empty"

@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod observed;
 pub mod orca;
 pub mod picker;
+pub mod prequal;
 pub mod priority;
 pub mod stage;
 pub mod table;

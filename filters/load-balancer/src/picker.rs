@@ -9,8 +9,20 @@
 use crate::config::{Config, Policy};
 use crate::maglev::{self, Maglev};
 use crate::observed::{self, Observed};
+use crate::prequal::{self, Estimate};
 use crate::table::{self, Table};
 use crate::weights::Edf;
+
+/// What the picker may ask about an endpoint (a table index) at a pick:
+/// the adaptive policies' inputs.
+pub trait Signals {
+    /// Reported utilization as stored in the table.
+    fn utilization(&self, i: usize) -> f64;
+    /// Requests this worker has in flight there.
+    fn in_flight(&self, i: usize) -> u32;
+    /// The `prequal` policy's estimates.
+    fn estimate(&self, i: usize) -> Estimate;
+}
 
 /// The endpoints chosen for one request: indices into the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +39,7 @@ struct Level {
     /// Configured weights of `members`, for random and P2C.
     weights: Vec<u32>,
     /// Relative success of members penalised for observed failures
-    /// ([`crate::observed`]), for P2C.
+    /// ([`crate::observed`]), for P2C and Prequal.
     penalties: Vec<Option<f64>>,
     /// Built lazily for consistent hashing, keyed by the member set.
     maglev: Option<(Vec<(String, u32)>, Maglev)>,
@@ -73,6 +85,7 @@ pub struct Picker {
     policy: Policy,
     retry_hosts: usize,
     in_flight_cost: f64,
+    prequal: (usize, f64),
     table_size: u32,
     rotate: usize,
 }
@@ -204,19 +217,20 @@ impl Picker {
             policy: config.policy,
             retry_hosts: config.retry_hosts as usize,
             in_flight_cost: config.p2c.in_flight_cost,
+            prequal: (config.prequal.choices as usize, config.prequal.hot_quantile),
             table_size: config.hash.table_size,
             rotate: 0,
         }
     }
 
     /// Chooses endpoints. `key` is the stickiness hash (consistent hashing);
-    /// `utilization(i)` and `in_flight(i)` feed P2C. `retries` = how many
-    /// retry hosts to add (0 outside endpoint mode).
+    /// `signals` feed P2C and Prequal. `retries`: whether to add retry
+    /// hosts (endpoint mode only).
     pub fn pick(
         &mut self,
         key: Option<u64>,
         rng: &mut Rng,
-        score_inputs: &dyn Fn(usize) -> (f64, u32),
+        signals: &dyn Signals,
         retries: bool,
     ) -> Option<Pick> {
         let level = match (self.policy, key) {
@@ -237,7 +251,14 @@ impl Picker {
                     None => l.edf.pick()?,
                 },
                 (Policy::Random, _) => weighted_random(&l.members, &l.weights, rng),
-                (Policy::P2c, _) => p2c(l, rng, score_inputs, self.in_flight_cost),
+                (Policy::P2c, _) => p2c(l, rng, signals, self.in_flight_cost),
+                (Policy::Prequal, _) => {
+                    let estimates: Vec<Estimate> =
+                        l.members.iter().map(|&i| signals.estimate(i)).collect();
+                    let (choices, q) = self.prequal;
+                    let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
+                    *l.members.get(k)?
+                }
                 _ => l.edf.pick()?,
             }
         };
@@ -300,7 +321,7 @@ fn weighted_random(members: &[usize], weights: &[u32], rng: &mut Rng) -> usize {
 
 /// Two distinct random members; the lower `(utilization + in_flight × cost)
 /// / weight` wins, ties at random.
-fn p2c(l: &Level, rng: &mut Rng, inputs: &dyn Fn(usize) -> (f64, u32), cost: f64) -> usize {
+fn p2c(l: &Level, rng: &mut Rng, signals: &dyn Signals, cost: f64) -> usize {
     let n = l.members.len();
     if n == 1 {
         return l.members[0];
@@ -311,7 +332,8 @@ fn p2c(l: &Level, rng: &mut Rng, inputs: &dyn Fn(usize) -> (f64, u32), cost: f64
         b += 1;
     }
     let score = |k: usize| {
-        let (mut util, in_flight) = inputs(l.members[k]);
+        let i = l.members[k];
+        let (mut util, in_flight) = (signals.utilization(i), signals.in_flight(i));
         let mut divisor = f64::from(l.weights[k].max(1));
         // Observed failures beat a self-reported idle load.
         if let Some(s) = l.penalties.get(k).copied().flatten() {
@@ -360,9 +382,33 @@ mod tests {
         parse(doc.as_bytes()).unwrap()
     }
 
-    fn no_inputs(_: usize) -> (f64, u32) {
-        (0.0, 0)
+    /// Signals from a function of the table index: (utilization, in
+    /// flight, estimate).
+    struct Fixed<F: Fn(usize) -> (f64, u32, Estimate)>(F);
+
+    impl<F: Fn(usize) -> (f64, u32, Estimate)> Signals for Fixed<F> {
+        fn utilization(&self, i: usize) -> f64 {
+            (self.0)(i).0
+        }
+        fn in_flight(&self, i: usize) -> u32 {
+            (self.0)(i).1
+        }
+        fn estimate(&self, i: usize) -> Estimate {
+            (self.0)(i).2
+        }
     }
+
+    const NONE: Estimate = Estimate {
+        rif: 0.0,
+        reported: false,
+        load: None,
+        latency_ns: None,
+    };
+
+    type Inputs = fn(usize) -> (f64, u32, Estimate);
+
+    #[allow(non_upper_case_globals)]
+    const no_inputs: Fixed<Inputs> = Fixed(|_| (0.0, 0, NONE));
 
     fn count(p: &mut Picker, n: usize, size: usize) -> Vec<usize> {
         let mut rng = Rng::new(1);
@@ -425,7 +471,7 @@ mod tests {
         // P2C: its reported 0.0001 no longer beats the others' 0.5.
         let c = config(r#","policy":"p2c""#);
         let mut p = Picker::build(&t, &c, 0, 0.0, None, &seen);
-        let utilization = |i: usize| (if i == 2 { 0.0001 } else { 0.5 }, 0);
+        let utilization = Fixed(|i: usize| (if i == 2 { 0.0001 } else { 0.5 }, 0, NONE));
         let mut rng = Rng::new(3);
         let mut got = [0; 3];
         for _ in 0..3000 {
@@ -526,9 +572,43 @@ mod tests {
             &Observed::default(),
         );
         let mut rng = Rng::new(5);
-        let inputs = |i: usize| if i == 0 { (0.9, 3) } else { (0.2, 0) };
+        let inputs = Fixed(|i: usize| {
+            if i == 0 {
+                (0.9, 3, NONE)
+            } else {
+                (0.2, 0, NONE)
+            }
+        });
         for _ in 0..50 {
             assert_eq!(p.pick(None, &mut rng, &inputs, false).unwrap().first, 1);
+        }
+    }
+
+    #[test]
+    fn prequal_sends_nothing_to_the_hot_endpoint_and_the_rest_to_the_fastest_cold_one() {
+        let t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 0, 1)]);
+        let mut p = Picker::build(
+            &t,
+            &config(r#","policy":"prequal","prequal":{"choices":3}"#),
+            0,
+            0.0,
+            None,
+            &Observed::default(),
+        );
+        let est = |rif: f64, ms: f64| Estimate {
+            rif,
+            reported: true,
+            load: None,
+            latency_ns: Some(ms * 1e6),
+        };
+        let inputs = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, est(9.0, 1.0)),
+            1 => (0.0, 0, est(2.0, 20.0)),
+            _ => (0.0, 0, est(3.0, 10.0)),
+        });
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            assert_eq!(p.pick(None, &mut rng, &inputs, false).unwrap().first, 2);
         }
     }
 

@@ -22,7 +22,8 @@ use crate::config::{Config, Mode, ORIGINAL_DST_HEADER, Policy};
 use crate::jobs;
 use crate::observed::Observed;
 use crate::orca::{self, LoadReport, Rejected};
-use crate::picker::{Picker, Rng};
+use crate::picker::{Picker, Rng, Signals};
+use crate::prequal::{Estimate, Live};
 use crate::stats::FILTER;
 use crate::store::Store;
 use crate::table::{LoadRecord, Table};
@@ -62,10 +63,14 @@ struct Picking {
     rng: Rng,
     /// EDF phase of this VM, so workers do not pick in lockstep.
     phase: f64,
-    /// Requests this VM has in flight per endpoint slot (P2C).
-    in_flight: Vec<u32>,
+    /// Requests this VM has in flight per endpoint slot (P2C, Prequal),
+    /// and Prequal's estimates.
+    live: Live,
     /// Answers and failures this VM saw per endpoint slot.
     observed: Observed,
+    /// The clock at this VM's latest tick (every `TABLE_SYNC_MS`): the
+    /// time Prequal's estimates age by, without a clock read per request.
+    tick_ns: u64,
 }
 
 /// What the stage remembers between the phases of one request.
@@ -125,7 +130,8 @@ impl LoadBalancer {
                 rng: Rng::new(me ^ host::now_nanos()),
                 // Golden-ratio spacing of VM phases.
                 phase: (me as f64 * 0.618_033_988_75).fract(),
-                in_flight: vec![0; slots],
+                live: Live::new(slots, c.prequal.max_age_ms.saturating_mul(1_000_000)),
+                tick_ns: 0,
                 observed: Observed::new(if c.passive_health.enabled {
                     c.passive_health
                         .success_rate
@@ -250,18 +256,15 @@ impl LoadBalancer {
                 &p.observed,
             ));
         }
-        let in_flight = &p.in_flight;
-        let inputs = |i: usize| match t.endpoints.get(i) {
-            Some(e) => {
-                let n = in_flight.get(usize::from(e.slot)).copied().unwrap_or(0);
-                (e.utilization, n)
-            }
-            None => (f64::MAX, u32::MAX),
+        let signals = LiveSignals {
+            table: t,
+            live: &p.live,
+            now: p.tick_ns,
         };
         let picked = p
             .picker
             .as_mut()
-            .and_then(|k| k.pick(key, &mut p.rng, &inputs, config.mode == Mode::Endpoint));
+            .and_then(|k| k.pick(key, &mut p.rng, &signals, config.mode == Mode::Endpoint));
         let Some((pick, first)) = picked.and_then(|k| {
             let first = t.endpoints.get(k.first)?;
             Some((k, first))
@@ -284,15 +287,9 @@ impl LoadBalancer {
         ex.decisions.endpoint = Some(first.address.clone());
         stats.pick(&first.name);
         let slot = first.slot;
-        let held = match p.in_flight.get_mut(usize::from(slot)) {
-            Some(n) => {
-                *n += 1;
-                Some(slot)
-            }
-            None => None,
-        };
+        p.live.start(slot);
         let r = ex.state::<Request>();
-        r.in_flight = held;
+        r.in_flight = Some(slot);
         r.picks = std::iter::once(pick.first).chain(pick.retries).collect();
         r.table = Some(Rc::clone(&table));
     }
@@ -345,17 +342,31 @@ impl LoadBalancer {
         let Some(e) = served.and_then(|i| t.endpoints.get(i)) else {
             return;
         };
-        let metrics = &self.store.config.weighted_round_robin.utilization_metrics;
+        let config = &self.store.config;
+        let utilization = r.utilization_for(&config.weighted_round_robin.utilization_metrics);
+        // The request's moment is precise enough for a report stamp
+        // (weights expire after seconds): no clock read here.
+        let at_ns = ex.request_clock_nanos();
+        if config.policy == Policy::Prequal {
+            let rif = r
+                .named_metrics
+                .get(&config.prequal.in_flight_metric)
+                .copied();
+            // The answer's moment: in-flight counts move by the ms.
+            let now = ex.now_nanos();
+            self.picking
+                .borrow_mut()
+                .live
+                .report(e.slot, rif, utilization, now);
+        }
         self.store.store_report(
             e.slot,
             LoadRecord {
                 fingerprint: e.fingerprint(),
-                // The request's moment is precise enough for a report
-                // stamp (weights expire after seconds): no clock read here.
-                at_ns: ex.request_clock_nanos(),
+                at_ns,
                 qps: r.rps_fractional,
                 eps: r.eps,
-                utilization: r.utilization_for(metrics),
+                utilization,
             },
         );
     }
@@ -364,6 +375,16 @@ impl LoadBalancer {
     /// that served failed (Envoy moved on only after a connect failure or
     /// reset), the serving one by `failed`.
     fn record(&self, ex: &mut Exchange, t: &Table, failed: bool) {
+        // Prequal's latency: Envoy's own measure of the upstream (its
+        // router adds it to every response it proxies), no clock read;
+        // successful answers only (a fast failure is no fast endpoint).
+        let service_ms = (self.store.config.policy == Policy::Prequal && !failed)
+            .then(|| {
+                ex.response()
+                    .get_str(UPSTREAM_SERVICE_TIME)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .flatten();
         let r = ex.state::<Request>();
         if r.outcome == Outcome::Done {
             return;
@@ -379,6 +400,12 @@ impl LoadBalancer {
         outcomes.push((s, failed));
         let now = ex.request_clock_nanos();
         let mut picking = self.picking.borrow_mut();
+        if let (Some(ms), Some(e)) = (service_ms, t.endpoints.get(s)) {
+            let at = picking.tick_ns.max(now);
+            picking
+                .live
+                .latency(e.slot, ms.saturating_mul(1_000_000), at);
+        }
         let mut any_failed = false;
         for (i, failed) in outcomes {
             if let Some(e) = t.endpoints.get(i) {
@@ -393,6 +420,40 @@ impl LoadBalancer {
         // on failures only), so this worker stops sending there at once.
         if any_failed {
             self.current_table(&mut picking);
+        }
+    }
+}
+
+/// Envoy's router puts the upstream's time to the response headers, in
+/// ms, on every response it proxies (unless `suppress_envoy_headers`).
+const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+
+/// The picker's view of this worker's signals at one pick.
+struct LiveSignals<'a> {
+    table: &'a Table,
+    live: &'a Live,
+    now: u64,
+}
+
+impl Signals for LiveSignals<'_> {
+    fn utilization(&self, i: usize) -> f64 {
+        self.table
+            .endpoints
+            .get(i)
+            .map_or(f64::MAX, |e| e.utilization)
+    }
+
+    fn in_flight(&self, i: usize) -> u32 {
+        self.table
+            .endpoints
+            .get(i)
+            .map_or(u32::MAX, |e| self.live.in_flight(e.slot))
+    }
+
+    fn estimate(&self, i: usize) -> Estimate {
+        match self.table.endpoints.get(i) {
+            Some(e) => self.live.estimate(e.slot, self.now),
+            None => Estimate::UNKNOWN,
         }
     }
 }
@@ -517,14 +578,8 @@ impl Stage for LoadBalancer {
 
     fn on_stream_end(&self, ex: &mut Exchange) {
         // `take`: the count is released once, whatever ran before.
-        if let Some(slot) = ex.state::<Request>().in_flight.take()
-            && let Some(n) = self
-                .picking
-                .borrow_mut()
-                .in_flight
-                .get_mut(usize::from(slot))
-        {
-            *n = n.saturating_sub(1);
+        if let Some(slot) = ex.state::<Request>().in_flight.take() {
+            self.picking.borrow_mut().live.finish(slot);
         }
     }
 
@@ -545,6 +600,7 @@ impl Stage for LoadBalancer {
         // Follow the published table (weights, ejections, discovery): the
         // one shared-data read that requests no longer make.
         if let Ok(mut p) = self.picking.try_borrow_mut() {
+            p.tick_ns = now;
             self.store.take_published_here();
             self.current_table(&mut p);
         }

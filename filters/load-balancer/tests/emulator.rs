@@ -674,3 +674,88 @@ fn p2c_counts_a_request_in_flight_until_its_stream_ends() {
         s3.finish();
     }
 }
+
+/// A Prequal GET costs what a weighted-round-robin one does: its estimates
+/// live in VM memory, age by the tick's clock, and its latencies are
+/// Envoy's `x-envoy-upstream-service-time` from the response map.
+const PREQUAL_GET_BUDGET: usize = LB_GET_BUDGET;
+
+#[test]
+fn prequal_follows_the_backends_in_flight_counts_and_this_workers_latencies() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"policy":"prequal","prequal":{{"choices":3,"hot_quantile":0.5}},
+                "endpoints":[{{"address":"{A}"}},{{"address":"{B}"}},{{"address":"{C}"}}]}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    // Each endpoint answers once: A reports 30 requests in flight (other
+    // proxies' traffic this worker cannot see), B and C 2 each; the same
+    // capacity of 40 everywhere (in_flight / utilization).
+    let report = |rif: f64| {
+        format!(
+            "TEXT application_utilization={},named_metrics.in_flight={rif}",
+            rif / 40.0
+        )
+    };
+    let latency_ms = std::collections::BTreeMap::from([(A, 1u64), (B, 20), (C, 5)]);
+    // Each answers one request (whatever was picked: as if Envoy had
+    // moved on). A report is stamped with this worker's count there then:
+    // 1 when the endpoint was also the pick.
+    let mut own_then = std::collections::BTreeMap::new();
+    for up in [A, B, C] {
+        let (s, pick) = request(&w, &[]);
+        own_then.insert(up, usize::from(first(&pick) == up));
+        let rif = if up == A { 30.0 } else { 2.0 };
+        let service_ms = latency_ms[up].to_string();
+        s.set_property(&["upstream", "address"], up);
+        s.response_headers(
+            &[
+                (":status", "200"),
+                ("endpoint-load-metrics", &report(rif)),
+                // Envoy's router adds it to every proxied response.
+                ("x-envoy-upstream-service-time", &service_ms),
+            ],
+            true,
+        );
+        s.finish();
+    }
+    // A is hot (30 of 40 busy) though the fastest; of B and C, C answers
+    // sooner: every pick goes to C while those estimates hold.
+    let mut picks = Vec::new();
+    for _ in 0..10 {
+        let (s, pick) = request(&w, &[]);
+        picks.push(first(&pick));
+        s.finish();
+    }
+    assert!(picks.iter().all(|p| p == C), "{picks:?}");
+    // C's in-flight count grows with this worker's own requests (fresh,
+    // before any report): once it is the hottest, A is below the median
+    // and the fastest.
+    let mut held = Vec::new();
+    let mut moved_to = None;
+    for _ in 0..40 {
+        let (s, pick) = request(&w, &[]);
+        if first(&pick) != C {
+            moved_to = Some(first(&pick));
+            break;
+        }
+        held.push(s);
+    }
+    assert_eq!(moved_to.as_deref(), Some(A), "{} held on C", held.len());
+    // C reaches A's count (reported, less this worker's requests there
+    // that ended since): a tie at the median, both cold, and A answers
+    // faster.
+    assert_eq!(2 - own_then[C] + held.len(), 30 - own_then[A]);
+    // The steady-state cost.
+    let (s, pick) = request(&w, &[]);
+    let up = first(&pick);
+    s.set_property(&["upstream", "address"], up);
+    s.response_headers(
+        &[(":status", "200"), ("endpoint-load-metrics", &report(2.0))],
+        true,
+    );
+    s.finish();
+    let crossings = s.crossings();
+    assert!(crossings.total() <= PREQUAL_GET_BUDGET, "{crossings}");
+}

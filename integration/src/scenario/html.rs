@@ -12,7 +12,7 @@ use plotters::prelude::*;
 
 use super::results::{RunResult, Totals};
 
-const PALETTE: [RGBColor; 10] = [
+pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -26,18 +26,19 @@ const PALETTE: [RGBColor; 10] = [
 ];
 
 /// One line of a chart; `None` points leave a gap.
-struct Line {
-    name: String,
-    color: RGBColor,
-    points: Vec<Option<(f64, f64)>>,
+pub(crate) struct Line {
+    pub(crate) name: String,
+    pub(crate) color: RGBColor,
+    pub(crate) points: Vec<Option<(f64, f64)>>,
 }
 
-enum YAxis {
+pub(crate) enum YAxis {
     Percent,
     Plain,
 }
 
-fn chart(
+/// A line chart as an SVG string: `events` are vertical marks (time, label).
+pub(crate) fn chart(
     title: &str,
     y_desc: &str,
     x_max: f64,
@@ -138,7 +139,7 @@ fn chart(
     Ok(svg)
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -1,0 +1,496 @@
+//! The `prequal` policy: pick by requests in flight and latency, the way
+//! Prequal does (Wydrowski, Kleinberg, Rumble, Archer, "Load is not what
+//! you should balance: Introducing Prequal", NSDI 2024), with load reports
+//! in place of probes.
+//!
+//! Per pick: sample `choices` distinct endpoints of the level; an endpoint
+//! is *hot* when its load estimate exceeds the `hot_quantile` of the
+//! level's estimates, else *cold*. The cold sampled endpoint with the
+//! lowest latency estimate wins; when every sampled endpoint is hot, the
+//! one with the lowest load (the paper's hot-cold lexicographic rule; see
+//! [`choose`] for where this differs).
+//!
+//! Estimates, per worker, in VM memory (no host call per pick):
+//! - **requests in flight** (RIF): the backend's own count from its latest
+//!   report (`named_metrics.<in_flight_metric>`, so it includes every
+//!   other proxy's requests), moved by what this worker sent or finished
+//!   there since;
+//! - **load**: Prequal's replicas are alike; ours may not be, so when
+//!   reports carry a utilization the load is that utilization, moved by
+//!   this worker's requests since, each worth 1 / capacity (capacity =
+//!   reported RIF / reported utilization, averaged); else plain RIF;
+//! - **latency**: an average of this worker's own successful answers as
+//!   Envoy measured them (`x-envoy-upstream-service-time`, ms), forgotten
+//!   after `max_age_ms` without one.
+//!
+//! Estimates age by the VM's tick clock (every 20 ms), so a pick reads no
+//! clock: the policy costs no crossing over weighted round robin.
+//!
+//! A report older than `max_age_ms` still counts while this worker has a
+//! request at the endpoint (its answer brings a fresh one). Without one,
+//! the endpoint is assumed typical (the level's median load and latency):
+//! one request probes it, and until that answers, the old report holds. So
+//! an endpoint that was hot is tried again, one request per worker at a
+//! time, not by every proxy at once.
+
+use crate::picker::Rng;
+
+/// Weight of a new sample in the latency and capacity averages.
+const ALPHA: f64 = 0.2;
+
+/// What this worker knows of one endpoint slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Requests this worker has in flight there.
+    in_flight: u32,
+    /// The latest report with an in-flight count.
+    report: Option<Seen>,
+    /// Requests the endpoint serves at utilization 1 (average); 0 = unknown.
+    capacity: f64,
+    /// Average latency of successful answers, ns, and when the last came.
+    latency_ns: f64,
+    latency_at: u64,
+}
+
+/// A report as this worker received it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    rif: f64,
+    /// Reported utilization; 0 when none.
+    utilization: f64,
+    /// This worker's requests in flight there when it arrived.
+    local: u32,
+    at_ns: u64,
+}
+
+/// One endpoint's estimates at a pick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Requests in flight (reported and local, see the module docs).
+    pub rif: f64,
+    /// Whether `rif` rests on a report (else it is this worker's own
+    /// count alone, a lower bound).
+    pub reported: bool,
+    /// Utilization-based load (see the module docs); `None` without a
+    /// reported utilization and capacity.
+    pub load: Option<f64>,
+    /// Latency estimate in ns; `None` when unknown or forgotten.
+    pub latency_ns: Option<f64>,
+}
+
+impl Estimate {
+    /// What a pick assumes of an endpoint it knows nothing about.
+    pub const UNKNOWN: Estimate = Estimate {
+        rif: f64::MAX,
+        reported: false,
+        load: None,
+        latency_ns: None,
+    };
+}
+
+/// This worker's view of every endpoint slot.
+#[derive(Debug, Clone)]
+pub struct Live {
+    slots: Vec<Slot>,
+    max_age_ns: u64,
+}
+
+impl Live {
+    /// `slots` endpoint slots; reports and latencies older than
+    /// `max_age_ns` are not used.
+    pub fn new(slots: usize, max_age_ns: u64) -> Self {
+        Live {
+            slots: vec![Slot::default(); slots],
+            max_age_ns,
+        }
+    }
+
+    /// A request was sent to `slot`.
+    pub fn start(&mut self, slot: u16) {
+        if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+            s.in_flight = s.in_flight.saturating_add(1);
+        }
+    }
+
+    /// A request sent to `slot` ended (answered, reset or abandoned).
+    pub fn finish(&mut self, slot: u16) {
+        if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// This worker's requests in flight at `slot`.
+    pub fn in_flight(&self, slot: u16) -> u32 {
+        self.slots.get(usize::from(slot)).map_or(0, |s| s.in_flight)
+    }
+
+    /// A load report from `slot` at `now_ns`: `rif` its requests in flight
+    /// (when reported), `utilization` its utilization (A58's choice of
+    /// field). Values that are not finite and ≥ 0 are ignored (the report
+    /// parser already refuses them).
+    pub fn report(&mut self, slot: u16, rif: Option<f64>, utilization: f64, now_ns: u64) {
+        let Some(s) = self.slots.get_mut(usize::from(slot)) else {
+            return;
+        };
+        let Some(rif) = rif.filter(|r| r.is_finite() && *r >= 0.0) else {
+            return;
+        };
+        s.report = Some(Seen {
+            rif,
+            utilization: if utilization.is_finite() {
+                utilization.max(0.0)
+            } else {
+                0.0
+            },
+            local: s.in_flight,
+            at_ns: now_ns,
+        });
+        if rif > 0.0 && utilization.is_finite() && utilization > 0.0 {
+            let c = rif / utilization;
+            s.capacity = if s.capacity > 0.0 {
+                s.capacity + ALPHA * (c - s.capacity)
+            } else {
+                c
+            };
+        }
+    }
+
+    /// A successful answer from `slot` took `latency_ns`.
+    pub fn latency(&mut self, slot: u16, latency_ns: u64, now_ns: u64) {
+        let Some(s) = self.slots.get_mut(usize::from(slot)) else {
+            return;
+        };
+        let l = latency_ns as f64;
+        let fresh = s.latency_ns > 0.0 && now_ns.saturating_sub(s.latency_at) <= self.max_age_ns;
+        s.latency_ns = if fresh {
+            s.latency_ns + ALPHA * (l - s.latency_ns)
+        } else {
+            l.max(1.0)
+        };
+        s.latency_at = now_ns;
+    }
+
+    /// The estimates of `slot` at `now_ns`.
+    pub fn estimate(&self, slot: u16, now_ns: u64) -> Estimate {
+        let Some(s) = self.slots.get(usize::from(slot)) else {
+            return Estimate::UNKNOWN;
+        };
+        let local = f64::from(s.in_flight);
+        let usable = s.report.filter(|r| {
+            // An old report holds while this worker's request there is
+            // out (its answer brings a new one).
+            s.in_flight > 0 || now_ns.saturating_sub(r.at_ns) <= self.max_age_ns
+        });
+        let (rif, reported, load) = match usable {
+            Some(r) => {
+                let moved = local - f64::from(r.local);
+                let rif = (r.rif + moved).max(local);
+                let load = (r.utilization > 0.0 && s.capacity > 0.0)
+                    .then(|| (r.utilization + moved / s.capacity).max(local / s.capacity));
+                (rif, true, load)
+            }
+            None => (local, false, None),
+        };
+        let latency_ns = (s.latency_ns > 0.0
+            && now_ns.saturating_sub(s.latency_at) <= self.max_age_ns)
+            .then_some(s.latency_ns);
+        Estimate {
+            rif,
+            reported,
+            load,
+            latency_ns,
+        }
+    }
+}
+
+/// The hot-cold rule over a level: `estimates[k]` belongs to member `k`,
+/// `penalties[k]` is its relative success when observed failures penalise
+/// it (`crate::observed`). Samples `choices` distinct members (all when
+/// fewer) and returns the chosen member's index into `estimates`; `None`
+/// for an empty level.
+///
+/// Refinements for few endpoints and several proxies (Prequal pools many
+/// probes of many replicas): latencies within `LATENCY_TOLERANCE` of each
+/// other count as equal, so noise does not send every proxy to the same
+/// endpoint and the lower load decides; an endpoint without a usable
+/// report or latency is assumed typical (the level's median), not idle,
+/// so every proxy does not rush to it at once; a utilization-based load
+/// of 1 or more is hot whatever the quantile; and when every sampled
+/// endpoint is hot, the least loaded of the whole level wins.
+pub fn choose(
+    estimates: &[Estimate],
+    penalties: &[Option<f64>],
+    choices: usize,
+    hot_quantile: f64,
+    rng: &mut Rng,
+) -> Option<usize> {
+    let n = estimates.len();
+    if n <= 1 {
+        return (n == 1).then_some(0);
+    }
+    // Utilization-based loads only when every reported endpoint has one.
+    let normalise = estimates
+        .iter()
+        .filter(|e| e.reported)
+        .all(|e| e.load.is_some());
+    let own_load = |e: &Estimate| match e.load {
+        Some(l) if normalise => l,
+        _ => e.rif,
+    };
+    let reported: Vec<f64> = estimates
+        .iter()
+        .filter(|e| e.reported)
+        .map(own_load)
+        .collect();
+    let typical_load = median(&reported);
+    let latencies: Vec<f64> = estimates.iter().filter_map(|e| e.latency_ns).collect();
+    let typical_latency = median(&latencies).unwrap_or(0.0);
+    let loads: Vec<f64> = estimates
+        .iter()
+        .enumerate()
+        .map(|(k, e)| {
+            let mut l = own_load(e);
+            if !e.reported
+                && let Some(t) = typical_load
+            {
+                l = l.max(t);
+            }
+            // Observed failures count against an endpoint whatever it reports.
+            if let Some(s) = penalties.get(k).copied().flatten() {
+                l = (l + 1.0) / s.max(1e-6);
+            }
+            l
+        })
+        .collect();
+    let latency = |k: usize| estimates[k].latency_ns.unwrap_or(typical_latency);
+    let threshold = quantile(&loads, hot_quantile);
+    // Partial Fisher-Yates over member indices: `d` distinct samples.
+    let d = choices.clamp(1, n);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in 0..d {
+        let j = i + rng.below(n - i);
+        order.swap(i, j);
+    }
+    let sampled = &order[..d];
+    let better_cold = |a: usize, b: usize| {
+        let (la, lb) = (latency(a), latency(b));
+        if la < lb * (1.0 - LATENCY_TOLERANCE) {
+            a
+        } else if lb < la * (1.0 - LATENCY_TOLERANCE) || loads[b] < loads[a] {
+            b
+        } else {
+            a
+        }
+    };
+    // A utilization of 1 or more means a queue, whatever the quantile says
+    // (with 3 endpoints, the 0.8 quantile leaves 2 cold however loaded).
+    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] >= 1.0);
+    let chosen = sampled
+        .iter()
+        .copied()
+        .filter(|&k| cold(k))
+        .reduce(better_cold);
+    // Every sampled endpoint hot: the least loaded of the whole level (its
+    // loads are known anyway), not of the sample, which may have missed
+    // the one endpoint with room.
+    chosen.or_else(|| (0..n).min_by(|&a, &b| loads[a].total_cmp(&loads[b])))
+}
+
+/// Latencies closer than this fraction count as equal.
+pub const LATENCY_TOLERANCE: f64 = 0.2;
+
+/// The median of `values` (upper median), `None` when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// The `q` quantile of `values` (linear interpolation between closest
+/// ranks); `values` is not empty.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let (a, b) = (v[lo], v[hi.min(v.len() - 1)]);
+    a + (b - a) * (pos - lo as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(rif: f64, load: Option<f64>, latency_ms: Option<f64>) -> Estimate {
+        Estimate {
+            rif,
+            reported: true,
+            load,
+            latency_ns: latency_ms.map(|l| l * 1e6),
+        }
+    }
+
+    fn shares(estimates: &[Estimate], choices: usize, q: f64) -> Vec<usize> {
+        let mut rng = Rng::new(7);
+        let mut c = vec![0; estimates.len()];
+        for _ in 0..3000 {
+            c[choose(estimates, &[], choices, q, &mut rng).unwrap()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn the_hottest_endpoint_gets_nothing_while_colder_ones_exist() {
+        let e = [
+            est(2.0, None, Some(10.0)),
+            est(3.0, None, Some(10.0)),
+            est(9.0, None, Some(1.0)),
+        ];
+        let got = shares(&e, 3, 0.6);
+        assert_eq!(got[2], 0, "hot despite its latency: {got:?}");
+    }
+
+    #[test]
+    fn among_cold_endpoints_the_fastest_wins() {
+        let e = [
+            est(2.0, None, Some(30.0)),
+            est(3.0, None, Some(10.0)),
+            est(9.0, None, Some(1.0)),
+        ];
+        assert_eq!(shares(&e, 3, 0.6), vec![0, 3000, 0]);
+    }
+
+    #[test]
+    fn utilization_decides_when_every_reported_endpoint_has_one() {
+        // 8 in flight on a 16-wide endpoint (0.5) is colder than 3 on a
+        // 4-wide one (0.75).
+        let e = [
+            est(3.0, Some(0.75), Some(10.0)),
+            est(8.0, Some(0.5), Some(10.0)),
+        ];
+        assert_eq!(shares(&e, 2, 0.0), vec![0, 3000]);
+        // One without: plain in-flight counts for all.
+        let e = [est(3.0, Some(0.75), Some(10.0)), est(8.0, None, Some(10.0))];
+        assert_eq!(shares(&e, 2, 0.0), vec![3000, 0]);
+    }
+
+    #[test]
+    fn two_choices_spread_picks_over_the_cold_endpoints() {
+        let e = [
+            est(1.0, None, Some(10.0)),
+            est(1.0, None, Some(20.0)),
+            est(1.0, None, Some(40.0)),
+            est(1.0, None, Some(80.0)),
+        ];
+        let got = shares(&e, 2, 0.9);
+        // Endpoint k wins when sampled with a slower one: 3, 2, 1, 0 of 6 pairs.
+        assert!(got[0] > got[1] && got[1] > got[2], "{got:?}");
+        assert_eq!(got[3], 0, "the slowest never wins a pair: {got:?}");
+    }
+
+    #[test]
+    fn latencies_within_the_tolerance_leave_the_choice_to_the_load() {
+        let e = [est(3.0, None, Some(10.0)), est(1.0, None, Some(11.0))];
+        assert_eq!(shares(&e, 2, 1.0), vec![0, 3000]);
+        let e = [est(3.0, None, Some(10.0)), est(1.0, None, Some(13.0))];
+        assert_eq!(shares(&e, 2, 1.0), vec![3000, 0]);
+    }
+
+    #[test]
+    fn an_endpoint_without_a_fresh_report_is_assumed_typical_not_idle() {
+        // c's report has aged out: this worker alone has nothing there.
+        let stale = Estimate {
+            rif: 0.0,
+            reported: false,
+            load: None,
+            latency_ns: None,
+        };
+        let e = [
+            est(2.0, None, Some(10.0)),
+            est(4.0, None, Some(10.0)),
+            stale,
+        ];
+        let got = shares(&e, 3, 1.0);
+        // Assumed at the median (4) with the median latency: a loses nothing to it.
+        assert_eq!(got, vec![3000, 0, 0]);
+        // Still picked when sampled only with hotter ones.
+        let got = shares(&e, 2, 1.0);
+        assert!(got[2] > 0 && got[0] > got[2], "{got:?}");
+    }
+
+    #[test]
+    fn a_saturated_endpoint_is_hot_and_a_hot_sample_falls_back_to_the_level() {
+        // Utilizations 17 and 18 (long queues) and 0.9: whichever pair is
+        // sampled, the one with room gets every request.
+        let e = [
+            est(70.0, Some(18.0), Some(700.0)),
+            est(34.0, Some(17.0), Some(700.0)),
+            est(9.0, Some(0.9), Some(11.0)),
+        ];
+        assert_eq!(shares(&e, 2, 0.8), vec![0, 0, 3000]);
+    }
+
+    #[test]
+    fn observed_failures_make_an_idle_reporter_hot() {
+        let e = [est(0.0, None, Some(1.0)), est(4.0, None, Some(10.0))];
+        let mut rng = Rng::new(3);
+        let picked = choose(&e, &[Some(0.2), None], 2, 0.0, &mut rng);
+        assert_eq!(picked, Some(1));
+    }
+
+    #[test]
+    fn reported_in_flight_is_moved_by_what_this_worker_did_since() {
+        let mut live = Live::new(4, 1_000_000_000);
+        live.start(1);
+        live.start(1);
+        // The backend counts 10, our 2 included.
+        live.report(1, Some(10.0), 0.5, 100);
+        assert_eq!(live.estimate(1, 200).rif, 10.0);
+        live.start(1);
+        live.finish(1);
+        live.finish(1);
+        assert_eq!(live.estimate(1, 200).rif, 9.0);
+        // Capacity 10 / 0.5 = 20: one request less is 0.05 less.
+        assert_eq!(live.estimate(1, 200).load, Some(0.45));
+        // An old report holds while this worker's request there is out ...
+        let old = live.estimate(1, 2_000_000_000);
+        assert!(old.reported && old.rif == 9.0, "{old:?}");
+        // ... and is not used once none is: the endpoint is unknown.
+        live.finish(1);
+        let gone = live.estimate(1, 2_000_000_000);
+        assert!(
+            !gone.reported && gone.rif == 0.0 && gone.load.is_none(),
+            "{gone:?}"
+        );
+        // Never below this worker's own count.
+        live.report(1, Some(0.0), 0.0, 300);
+        live.start(1);
+        live.start(1);
+        assert_eq!(live.estimate(1, 400).rif, 2.0);
+    }
+
+    #[test]
+    fn latency_is_averaged_and_forgotten_when_old() {
+        let mut live = Live::new(2, 1_000);
+        assert_eq!(live.estimate(0, 0).latency_ns, None);
+        live.latency(0, 100, 10);
+        live.latency(0, 200, 20);
+        assert_eq!(live.estimate(0, 30).latency_ns, Some(120.0));
+        assert_eq!(live.estimate(0, 5_000).latency_ns, None);
+        // After forgetting, the next sample starts afresh.
+        live.latency(0, 50, 5_000);
+        assert_eq!(live.estimate(0, 5_001).latency_ns, Some(50.0));
+        // Out-of-range slots are ignored, not a panic.
+        live.latency(9, 1, 1);
+        live.report(9, Some(1.0), 1.0, 1);
+        assert_eq!(live.estimate(9, 1).rif, f64::MAX);
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.25), 1.25);
+        assert_eq!(quantile(&[5.0], 0.9), 5.0);
+    }
+}

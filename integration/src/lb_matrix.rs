@@ -1,0 +1,837 @@
+//! The load-balancing quality matrix of `make bench`: scenarios × policies,
+//! each cell the median of interleaved repeats with their spread.
+//!
+//! Backends of concurrency capacity 1×/2×/4× (`unit_capacity` slots of
+//! `latency_ms` each) report measured ORCA (`application_utilization`,
+//! `named_metrics.in_flight`) in TEXT headers; the traffic is open-loop
+//! (latency from the intended send time, so coordinated omission is
+//! corrected) and split evenly over the scenario's proxies, each a native
+//! Envoy with one worker. Scenarios:
+//! - `a`: 1 proxy, offered `load_share` of the total capacity;
+//! - `b`: 3 proxies, same backends and load;
+//! - `c`: 3 proxies; an antagonist holds `antagonist_slots` of the
+//!   capacity, moving between backends every `antagonist_period`; offered
+//!   `antagonist_load_share` of what is left (never overloaded);
+//! - `d`: 3 proxies; the smallest backend crashes (port closed) for
+//!   `crash_for` and comes back;
+//! - `e`: as `b`, unary gRPC over HTTP/2 end to end, the reports (BIN) in
+//!   the trailers.
+//!
+//! Every policy runs behind the same route (retries on connect failure and
+//! reset, 2 of them) and the same passive health (3 consecutive failures
+//! eject for 1 s).
+
+use crate::backend::{Backend, BackendSpec, OrcaFormat};
+use crate::bench::{BASE, ENDPOINTS, Role, Variant, start_variant, wasm_filter};
+use crate::envoy::Envoy;
+use crate::scenario::html::{Line, PALETTE, YAxis, chart, esc};
+use crate::traffic::{Load, RequestSpec, Sample, Traffic, TrafficReport};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// The policy the load balancer uses when its configuration names none,
+/// as the matrix labels it.
+pub const DEFAULT_POLICY: &str = "switchyard A58 WRR";
+
+/// The backends' names, smallest first.
+pub const BACKENDS: [&str; 3] = ["x1", "x2", "x4"];
+
+/// Matrix settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixConfig {
+    /// Interleaved repeats of every cell (the table shows medians).
+    pub repeats: usize,
+    /// Service time of every backend, ms.
+    pub latency_ms: u64,
+    /// Slots of the smallest backend (the others have 2× and 4×).
+    pub unit_capacity: usize,
+    /// Offered load in `a`, `b` and `d`, as a share of the total capacity.
+    pub load_share: f64,
+    /// Measured length of `a` and `b`.
+    pub steady: Duration,
+    /// Slots the antagonist of `c` holds.
+    pub antagonist_slots: usize,
+    /// How long the antagonist stays on one backend in `c`.
+    pub antagonist_period: Duration,
+    /// Moves of the antagonist in `c` (the scenario lasts `period × moves`).
+    pub antagonist_moves: usize,
+    /// Offered load in `c`, as a share of the capacity the antagonist leaves.
+    pub antagonist_load_share: f64,
+    /// `d`: healthy before the crash, down, and healthy after.
+    pub crash_after: Duration,
+    pub crash_for: Duration,
+    pub crash_tail: Duration,
+    /// Traffic before every measurement (reports, blackout), not counted.
+    pub warmup: Duration,
+    /// Core the proxies are pinned to.
+    pub envoy_cpu: usize,
+    /// The scenarios to run, by letter (`abcde` = all).
+    pub scenarios: String,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        MatrixConfig {
+            repeats: 3,
+            latency_ms: 10,
+            unit_capacity: 4,
+            load_share: 0.7,
+            steady: Duration::from_secs(8),
+            antagonist_slots: 6,
+            antagonist_period: Duration::from_secs(10),
+            antagonist_moves: 3,
+            antagonist_load_share: 0.75,
+            crash_after: Duration::from_secs(5),
+            crash_for: Duration::from_secs(10),
+            crash_tail: Duration::from_secs(5),
+            warmup: Duration::from_secs(2),
+            envoy_cpu: 0,
+            scenarios: "abcde".into(),
+        }
+    }
+}
+
+/// A scenario of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scenario {
+    OneProxy,
+    ThreeProxies,
+    Antagonist,
+    Crash,
+    Grpc,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::OneProxy,
+        Scenario::ThreeProxies,
+        Scenario::Antagonist,
+        Scenario::Crash,
+        Scenario::Grpc,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::OneProxy => "(a) 1 proxy, 1×/2×/4× at 70 %",
+            Scenario::ThreeProxies => "(b) 3 proxies, 1×/2×/4× at 70 %",
+            Scenario::Antagonist => "(c) 3 proxies, antagonist moving every 10 s",
+            Scenario::Crash => "(d) 3 proxies, x1 crashed for 10 s",
+            Scenario::Grpc => "(e) 3 proxies, gRPC unary over HTTP/2, reports in trailers",
+        }
+    }
+
+    /// The scenario's letter in the issue and on the command line.
+    pub fn letter(self) -> char {
+        match self {
+            Scenario::OneProxy => 'a',
+            Scenario::ThreeProxies => 'b',
+            Scenario::Antagonist => 'c',
+            Scenario::Crash => 'd',
+            Scenario::Grpc => 'e',
+        }
+    }
+
+    fn proxies(self) -> usize {
+        match self {
+            Scenario::OneProxy => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// A policy of the matrix: how its Envoy is configured.
+fn policies() -> Vec<Variant> {
+    let native = || Role::Native { group: "lb".into() };
+    let route = include_str!("../templates/bench/matrix-route.yaml");
+    let outlier = include_str!("../templates/bench/matrix-outlier.yaml");
+    let switchyard = |name: &str, policy: serde_json::Value| {
+        let mut lb = serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS,
+            "passive_health": {"base_ejection_ms": 1000, "max_ejection_ms": 1000},
+            "weighted_round_robin": {"blackout_period_ms": 1000, "weight_update_period_ms": 200}});
+        if let (Some(lb), Some(p)) = (lb.as_object_mut(), policy.as_object()) {
+            lb.extend(p.clone());
+        }
+        Variant::new(name, Role::Switchyard { group: "lb".into() }, BASE)
+            .partial(
+                "filters",
+                wasm_filter("lb", "switchyard_load_balancer", &lb),
+            )
+            .partial(
+                "lb_extra",
+                include_str!("../templates/bench/lb-override-host.yaml"),
+            )
+            .partial("route_action", route)
+    };
+    let builtin = |name: &str, policy: &str| {
+        Variant::new(name, native(), BASE)
+            .partial("lb_extra", format!("{policy}\n{outlier}"))
+            .partial("route_action", route)
+    };
+    vec![
+        switchyard(
+            "switchyard prequal",
+            serde_json::json!({"policy": "prequal"}),
+        ),
+        switchyard(
+            "switchyard A58 WRR",
+            serde_json::json!({"policy": "weighted_round_robin"}),
+        ),
+        builtin("envoy round_robin", ""),
+        builtin(
+            "envoy least_request",
+            include_str!("../templates/bench/native-least-request.yaml"),
+        ),
+        builtin(
+            "envoy client_side_weighted_round_robin",
+            include_str!("../templates/bench/native-cswrr-fast.yaml"),
+        ),
+        builtin(
+            "envoy random",
+            include_str!("../templates/bench/native-random.yaml"),
+        ),
+    ]
+}
+
+/// One run of one cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellRun {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    /// Share of successful answers per backend over the run.
+    pub shares: BTreeMap<String, f64>,
+    /// `d`: from the crash until the proxies stopped sending to the dead
+    /// backend (the end of the first burst of connect failures), ms.
+    pub off_ms: Option<u64>,
+    /// `d`: from its recovery until its first answer, ms.
+    pub back_ms: Option<u64>,
+    /// `d`: connection attempts of all proxies to the dead backend while
+    /// it was down.
+    pub dead_attempts: Option<u64>,
+    /// Per second from the measurement's start: (p99 µs, share per
+    /// backend, reported utilization per backend).
+    pub timeline: Vec<Second>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub p99_us: u64,
+    pub shares: BTreeMap<String, f64>,
+    pub utilization: BTreeMap<String, f64>,
+}
+
+/// A cell: every repeat of one policy in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub scenario: Scenario,
+    pub policy: String,
+    pub runs: Vec<CellRun>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+impl Cell {
+    /// Median and (min, max) of a figure over the repeats.
+    pub fn stat(&self, f: impl Fn(&CellRun) -> f64) -> (f64, f64, f64) {
+        let v: Vec<f64> = self.runs.iter().map(f).collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(v), lo, hi)
+    }
+}
+
+/// Starts the three backends of the matrix.
+async fn backends(cfg: &MatrixConfig, grpc: bool) -> Result<Vec<Backend>> {
+    let mut out = Vec::new();
+    for (name, k) in BACKENDS.iter().zip([1, 2, 4]) {
+        let spec = BackendSpec::new(*name)
+            .latency_ms(cfg.latency_ms)
+            .capacity(cfg.unit_capacity * k);
+        let spec = if grpc {
+            spec.grpc().orca(OrcaFormat::BinHeader)
+        } else {
+            spec.orca(OrcaFormat::Text)
+        };
+        out.push(Backend::start(spec).await?);
+    }
+    Ok(out)
+}
+
+/// The cluster speaks HTTP/2 to gRPC backends.
+const UPSTREAM_HTTP2: &str = "typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options: {}
+";
+
+/// A unary gRPC call with an empty message (a 5-byte frame).
+fn grpc_call() -> RequestSpec {
+    RequestSpec::get("bench.local", "/switchyard.bench.Bench/Call")
+        .method("POST")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+}
+
+/// Connect failures of every proxy to `addr` (Envoy's per-host stat).
+async fn connect_failures(proxies: &[Envoy], addr: std::net::SocketAddr) -> u64 {
+    let key = format!("::{addr}::cx_connect_fail::");
+    let mut total = 0;
+    for p in proxies {
+        if let Ok(text) = p.admin_get("/clusters").await {
+            total += text
+                .lines()
+                .filter_map(|l| l.split_once(&key).map(|(_, n)| n))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
+/// Open-loop traffic at `rate` (total) split over `proxies`, for `d`.
+fn spawn_traffic(
+    proxies: &[Envoy],
+    rate: f64,
+    d: Duration,
+    grpc: bool,
+) -> Result<Vec<tokio::task::JoinHandle<Result<TrafficReport>>>> {
+    let n = proxies.len().max(1) as f64;
+    let mut tasks = Vec::new();
+    for p in proxies {
+        let t = Traffic::new(
+            p.listener("ingress")?,
+            Load::OpenLoop {
+                rate_per_sec: rate / n,
+                duration: d,
+                max_in_flight: 4096,
+            },
+        );
+        let t = if grpc {
+            t.http2().spec(grpc_call())
+        } else {
+            t.spec(RequestSpec::get("bench.local", "/"))
+        };
+        tasks.push(tokio::spawn(async move { t.run().await }));
+    }
+    Ok(tasks)
+}
+
+async fn join(
+    tasks: Vec<tokio::task::JoinHandle<Result<TrafficReport>>>,
+) -> Result<Vec<TrafficReport>> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// Samples every backend's reported utilization every 100 ms until `stop`.
+fn spawn_utilization_probe(
+    backends: &[Backend],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Duration, Vec<f64>)>> {
+    // The backends stay alive for the whole run; the probe reads their
+    // reports through cloned handles of their shared state.
+    let probes: Vec<_> = backends.iter().map(Backend::report_probe).collect();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let u = probes.iter().map(|p| p().application_utilization).collect();
+            out.push((start.elapsed(), u));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    })
+}
+
+/// Runs one cell once.
+async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> Result<CellRun> {
+    let grpc = scenario == Scenario::Grpc;
+    let mut backends = backends(cfg, grpc).await?;
+    let mut policy = policy.clone();
+    if grpc {
+        let extra = policy.partials.get("lb_extra").cloned().unwrap_or_default();
+        policy = policy.partial("lb_extra", format!("{extra}\n{UPSTREAM_HTTP2}"));
+    }
+    let mut proxies = Vec::new();
+    for _ in 0..scenario.proxies() {
+        proxies.push(start_variant(&policy, &backends, cfg.envoy_cpu, 1).await?);
+    }
+    let slot_rps = 1000.0 / cfg.latency_ms as f64;
+    let total_slots = cfg.unit_capacity * 7;
+    let rate = match scenario {
+        Scenario::Antagonist => {
+            (total_slots - cfg.antagonist_slots.min(total_slots)) as f64
+                * slot_rps
+                * cfg.antagonist_load_share
+        }
+        _ => total_slots as f64 * slot_rps * cfg.load_share,
+    };
+    // The antagonist's place per period: (x1, x2, x4) slots, the same total.
+    let a = cfg.antagonist_slots;
+    let moves = [[0, 0, a], [0, a, 0], [a / 2, 0, a - a / 2]];
+    if scenario == Scenario::Antagonist {
+        for (b, s) in backends.iter_mut().zip(moves[0]) {
+            b.set_antagonist(s);
+        }
+    }
+    join(spawn_traffic(&proxies, rate, cfg.warmup, grpc)?).await?;
+    let length = match scenario {
+        Scenario::OneProxy | Scenario::ThreeProxies | Scenario::Grpc => cfg.steady,
+        Scenario::Antagonist => cfg.antagonist_period * cfg.antagonist_moves as u32,
+        Scenario::Crash => cfg.crash_after + cfg.crash_for + cfg.crash_tail,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = spawn_utilization_probe(&backends, stop.clone());
+    let start = Instant::now();
+    let traffic = spawn_traffic(&proxies, rate, length, grpc)?;
+    let (mut off_ms, mut recovered_at, mut dead_attempts) = (None, None, None);
+    match scenario {
+        Scenario::Antagonist => {
+            for k in 1..cfg.antagonist_moves {
+                tokio::time::sleep_until((start + cfg.antagonist_period * k as u32).into()).await;
+                for (b, s) in backends.iter_mut().zip(moves[k % moves.len()]) {
+                    b.set_antagonist(s);
+                }
+            }
+        }
+        Scenario::Crash => {
+            tokio::time::sleep_until((start + cfg.crash_after).into()).await;
+            let dead = backends[0].addr();
+            backends[0].crash().await;
+            let crashed = Instant::now();
+            // Off = the end of the first burst of attempts: the last new
+            // connect failure before 200 ms without any. Later single
+            // failures are re-admission probes after an ejection (Envoy's
+            // and ours alike), counted in `dead_attempts`.
+            let first = connect_failures(&proxies, dead).await;
+            let (mut last, mut last_change, mut quiet) = (first, crashed, 0);
+            while crashed.elapsed() < cfg.crash_for {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = connect_failures(&proxies, dead).await;
+                if now != last {
+                    last = now;
+                    if off_ms.is_none() {
+                        last_change = Instant::now();
+                    }
+                    quiet = 0;
+                } else {
+                    quiet += 1;
+                    if quiet == 2 && off_ms.is_none() {
+                        off_ms = Some(last_change.duration_since(crashed).as_millis() as u64);
+                    }
+                }
+            }
+            dead_attempts = Some(last - first);
+            backends[0].recover().await?;
+            recovered_at = Some(start.elapsed());
+        }
+        _ => {}
+    }
+    let reports = join(traffic).await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let utilization = probe.await.unwrap_or_default();
+    for b in &mut backends {
+        b.set_antagonist(0);
+    }
+    drop(proxies);
+    let mut samples: Vec<&Sample> = reports.iter().flat_map(|r| r.samples.iter()).collect();
+    samples.sort_by_key(|s| s.at);
+    let back_ms = recovered_at.and_then(|t| {
+        samples
+            .iter()
+            .find(|s| s.at >= t && s.backend.as_deref() == Some(BACKENDS[0]))
+            .map(|s| (s.at - t).as_millis() as u64)
+    });
+    let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut requests = 0;
+    let mut ok = 0;
+    let mut by_backend: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &reports {
+        latency.add(&r.latency).ok();
+        requests += r.sent + r.dropped;
+        ok += r.success_count();
+    }
+    for s in &samples {
+        if let (Some(b), Some(200..=299)) = (&s.backend, s.status) {
+            *by_backend.entry(b.to_string()).or_default() += 1;
+        }
+    }
+    let shares = share_map(&by_backend);
+    let timeline = timeline(&samples, &utilization, length);
+    let errors = requests.saturating_sub(ok);
+    Ok(CellRun {
+        requests,
+        errors,
+        error_rate: errors as f64 / requests.max(1) as f64,
+        p50_us: latency.value_at_quantile(0.50),
+        p99_us: latency.value_at_quantile(0.99),
+        p999_us: latency.value_at_quantile(0.999),
+        shares,
+        off_ms,
+        back_ms,
+        dead_attempts,
+        timeline,
+    })
+}
+
+fn share_map(counts: &BTreeMap<String, u64>) -> BTreeMap<String, f64> {
+    let total: u64 = counts.values().sum();
+    BACKENDS
+        .iter()
+        .map(|b| {
+            let n = counts.get(*b).copied().unwrap_or(0);
+            (b.to_string(), n as f64 / total.max(1) as f64)
+        })
+        .collect()
+}
+
+/// Per-second p99, shares and mean reported utilization.
+fn timeline(samples: &[&Sample], util: &[(Duration, Vec<f64>)], length: Duration) -> Vec<Second> {
+    let secs = length.as_secs().max(1) as usize;
+    (0..secs)
+        .map(|k| {
+            let in_second = |at: Duration| at.as_secs() as usize == k;
+            let mut lat: Vec<u64> = Vec::new();
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for s in samples.iter().filter(|s| in_second(s.at)) {
+                lat.push(s.latency.as_micros() as u64);
+                if let (Some(b), Some(200..=299)) = (&s.backend, s.status) {
+                    *counts.entry(b.to_string()).or_default() += 1;
+                }
+            }
+            lat.sort_unstable();
+            let p99 = lat
+                .get((lat.len() as f64 * 0.99) as usize)
+                .or(lat.last())
+                .copied()
+                .unwrap_or(0);
+            let points: Vec<&Vec<f64>> = util
+                .iter()
+                .filter(|(at, _)| in_second(*at))
+                .map(|(_, u)| u)
+                .collect();
+            let utilization = BACKENDS
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let v: Vec<f64> = points.iter().filter_map(|p| p.get(i).copied()).collect();
+                    (b.to_string(), v.iter().sum::<f64>() / v.len().max(1) as f64)
+                })
+                .collect();
+            Second {
+                p99_us: p99,
+                shares: share_map(&counts),
+                utilization,
+            }
+        })
+        .collect()
+}
+
+/// Runs the matrix: for each repeat, every scenario, every policy in turn
+/// (so drift hits all policies alike).
+pub async fn run(cfg: &MatrixConfig, progress: impl Fn(&str)) -> Result<Vec<Cell>> {
+    let policies = policies();
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| cfg.scenarios.contains(s.letter()))
+        .collect();
+    let mut cells: Vec<Cell> = Vec::new();
+    for &scenario in &scenarios {
+        for p in &policies {
+            cells.push(Cell {
+                scenario,
+                policy: p.name.clone(),
+                runs: Vec::new(),
+            });
+        }
+    }
+    for repeat in 0..cfg.repeats {
+        for &scenario in &scenarios {
+            for p in &policies {
+                progress(&format!(
+                    "lb matrix {}/{}: {} · {}",
+                    repeat + 1,
+                    cfg.repeats,
+                    scenario.label(),
+                    p.name
+                ));
+                let run = run_cell(cfg, scenario, p).await?;
+                if let Some(c) = cells
+                    .iter_mut()
+                    .find(|c| c.scenario == scenario && c.policy == p.name)
+                {
+                    c.runs.push(run);
+                }
+            }
+        }
+    }
+    Ok(cells)
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.1}", us / 1000.0)
+}
+
+/// The matrix as markdown: per scenario, each policy's medians with the
+/// spread (min–max over the repeats) and the verdicts of the LB-quality
+/// issue for the Switchyard default.
+pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {} ms, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",
+        cfg.unit_capacity,
+        cfg.unit_capacity * 2,
+        cfg.unit_capacity * 4,
+        cfg.latency_ms,
+        cfg.repeats
+    );
+    for scenario in Scenario::ALL {
+        let row: Vec<&Cell> = cells.iter().filter(|c| c.scenario == scenario).collect();
+        if row.iter().all(|c| c.runs.is_empty()) {
+            continue;
+        }
+        let _ = writeln!(out, "**{}**\n", scenario.label());
+        let crash = scenario == Scenario::Crash;
+        let _ = writeln!(
+            out,
+            "| policy | p50 | p99 | p99.9 | errors | shares x1/x2/x4 |{}",
+            if crash {
+                " off after | attempts while down | back after |"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---|{}",
+            if crash { "---:|---:|---:|" } else { "" }
+        );
+        for c in &row {
+            let (p50, _, _) = c.stat(|r| r.p50_us as f64);
+            let (p99, p99lo, p99hi) = c.stat(|r| r.p99_us as f64);
+            let (p999, _, _) = c.stat(|r| r.p999_us as f64);
+            let (err, errlo, errhi) = c.stat(|r| r.error_rate);
+            let shares = BACKENDS
+                .iter()
+                .map(|b| {
+                    let (s, _, _) = c.stat(|r| r.shares.get(*b).copied().unwrap_or(0.0));
+                    format!("{:.0}%", s * 100.0)
+                })
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let mut line = format!(
+                "| {} | {} | {} [{}–{}] | {} | {:.2}% [{:.2}–{:.2}] | {} |",
+                c.policy,
+                ms(p50),
+                ms(p99),
+                ms(p99lo),
+                ms(p99hi),
+                ms(p999),
+                err * 100.0,
+                errlo * 100.0,
+                errhi * 100.0,
+                shares
+            );
+            if crash {
+                let (off, offlo, offhi) = c.stat(|r| r.off_ms.map_or(f64::INFINITY, |o| o as f64));
+                let (tries, _, _) = c.stat(|r| r.dead_attempts.unwrap_or(0) as f64);
+                let (back, _, backhi) = c.stat(|r| r.back_ms.map_or(f64::INFINITY, |b| b as f64));
+                let _ = write!(
+                    line,
+                    " {off:.0} ms [{offlo:.0}–{offhi:.0}] | {tries:.0} | {back:.0} ms [max {backhi:.0}] |"
+                );
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "\n{}\n", verdict(scenario, &row, default_policy));
+    }
+    out
+}
+
+/// The issue's acceptance for the Switchyard default in `scenario`.
+fn verdict(scenario: Scenario, row: &[&Cell], default_policy: &str) -> String {
+    let Some(ours) = row.iter().find(|c| c.policy == default_policy) else {
+        return String::new();
+    };
+    let builtins: Vec<&&Cell> = row
+        .iter()
+        .filter(|c| c.policy.starts_with("envoy"))
+        .collect();
+    let p99 = |c: &Cell| c.stat(|r| r.p99_us as f64).0;
+    let err = |c: &Cell| c.stat(|r| r.error_rate).0;
+    let Some(best) = builtins.iter().min_by(|a, b| p99(a).total_cmp(&p99(b))) else {
+        return String::new();
+    };
+    let ratio = p99(ours) / p99(best).max(1.0);
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    match scenario {
+        Scenario::OneProxy => format!(
+            "{default_policy}: p99 {:.2}× the best built-in's ({}; goal ≤ 1.1×): {}.",
+            ratio,
+            best.policy,
+            met(ratio <= 1.1)
+        ),
+        Scenario::ThreeProxies | Scenario::Antagonist | Scenario::Grpc => {
+            let no_more_errors = err(ours) <= err(best) + 1e-9;
+            format!(
+                "{default_policy}: p99 {:.2}× the best built-in's ({}; goal ≤ 0.8×): {}; error rate {:.2}% vs {:.2}%: {}.",
+                ratio,
+                best.policy,
+                met(ratio <= 0.8),
+                err(ours) * 100.0,
+                err(best) * 100.0,
+                met(no_more_errors)
+            )
+        }
+        Scenario::Crash => {
+            let off = ours
+                .stat(|r| r.off_ms.map_or(f64::INFINITY, |o| o as f64))
+                .2;
+            let back = ours.stat(|r| r.back_ms.unwrap_or(u64::MAX) as f64).2;
+            let e = ours.stat(|r| r.error_rate).2;
+            format!(
+                "{default_policy} (worst repeat): errors {:.2}% (goal < 0.5 %): {}; off the dead backend after {:.0} ms (goal < 1 s): {}; back {:.0} ms after its recovery, 1 s ejection included (goal ≤ 2 s): {}.",
+                e * 100.0,
+                met(e < 0.005),
+                off,
+                met(off < 1000.0),
+                back,
+                met(back <= 2000.0)
+            )
+        }
+    }
+}
+
+/// An HTML page with, per scenario, the p99 per second of every policy and
+/// the default policy's per-backend shares and reported utilization over
+/// time (first repeat).
+pub fn html(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Result<String> {
+    let mut out = String::from(
+        "<!doctype html><meta charset=utf-8><title>Switchyard LB quality matrix</title><body style=\"font-family:sans-serif\">",
+    );
+    let _ = write!(
+        out,
+        "<h1>LB quality matrix</h1><pre>{}</pre>",
+        esc(&markdown(cells, cfg, default_policy))
+    );
+    for scenario in Scenario::ALL {
+        let row: Vec<&Cell> = cells.iter().filter(|c| c.scenario == scenario).collect();
+        let Some(len) = row
+            .iter()
+            .filter_map(|c| c.runs.first())
+            .map(|r| r.timeline.len())
+            .max()
+        else {
+            continue;
+        };
+        let events = events(scenario, cfg);
+        let lines: Vec<Line> = row
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let r = c.runs.first()?;
+                Some(Line {
+                    name: c.policy.clone(),
+                    color: PALETTE[i % PALETTE.len()],
+                    points: r
+                        .timeline
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| Some((k as f64 + 0.5, s.p99_us as f64 / 1000.0)))
+                        .collect(),
+                })
+            })
+            .collect();
+        let y_max = lines
+            .iter()
+            .flat_map(|l| l.points.iter().flatten().map(|p| p.1))
+            .fold(1.0, f64::max);
+        let _ = write!(out, "<h2>{}</h2>", esc(scenario.label()));
+        out.push_str(&chart(
+            "p99 latency per second (ms), every policy",
+            "p99 (ms)",
+            len as f64,
+            y_max * 1.05,
+            YAxis::Plain,
+            &lines,
+            &events,
+        )?);
+        if let Some(r) = row
+            .iter()
+            .find(|c| c.policy == default_policy)
+            .and_then(|c| c.runs.first())
+        {
+            let mut lines = Vec::new();
+            for (i, b) in BACKENDS.iter().enumerate() {
+                lines.push(Line {
+                    name: format!("{b} share"),
+                    color: PALETTE[i],
+                    points: r
+                        .timeline
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| Some((k as f64 + 0.5, s.shares.get(*b).copied()?)))
+                        .collect(),
+                });
+                lines.push(Line {
+                    name: format!("{b} utilization"),
+                    color: PALETTE[i + 3],
+                    points: r
+                        .timeline
+                        .iter()
+                        .enumerate()
+                        .map(|(k, s)| Some((k as f64 + 0.5, s.utilization.get(*b).copied()?)))
+                        .collect(),
+                });
+            }
+            out.push_str(&chart(
+                &format!("{default_policy}: share of answers and reported utilization per backend"),
+                "share / utilization",
+                len as f64,
+                1.2,
+                YAxis::Percent,
+                &lines,
+                &events,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// Marks of a scenario's events, seconds from the measurement's start.
+fn events(scenario: Scenario, cfg: &MatrixConfig) -> Vec<(f64, String)> {
+    match scenario {
+        Scenario::Antagonist => (1..cfg.antagonist_moves)
+            .map(|k| {
+                (
+                    cfg.antagonist_period.as_secs_f64() * k as f64,
+                    "antagonist moves".to_string(),
+                )
+            })
+            .collect(),
+        Scenario::Crash => vec![
+            (cfg.crash_after.as_secs_f64(), "x1 crashes".into()),
+            (
+                (cfg.crash_after + cfg.crash_for).as_secs_f64(),
+                "x1 recovers".into(),
+            ),
+        ],
+        _ => Vec::new(),
+    }
+}
