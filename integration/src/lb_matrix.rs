@@ -659,14 +659,26 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
             }
             let _ = writeln!(out, "{line}");
         }
-        let _ = writeln!(out, "\n{}\n", verdict(scenario, &row, default_policy));
+        // The goals for the default policy, and the same yardstick
+        // for every other Switchyard policy.
+        let _ = writeln!(out);
+        let mut ours: Vec<&str> = vec![default_policy];
+        ours.extend(
+            row.iter()
+                .map(|c| c.policy.as_str())
+                .filter(|p| p.starts_with("switchyard") && *p != default_policy),
+        );
+        for policy in ours {
+            let _ = writeln!(out, "{}\n", verdict(scenario, &row, policy));
+        }
     }
     out
 }
 
-/// The acceptance for the Switchyard default in `scenario`.
-fn verdict(scenario: Scenario, row: &[&Cell], default_policy: &str) -> String {
-    let Some(ours) = row.iter().find(|c| c.policy == default_policy) else {
+/// The LB-quality issue's acceptance for `policy` in `scenario`.
+fn verdict(scenario: Scenario, row: &[&Cell], policy: &str) -> String {
+    let default_policy = policy;
+    let Some(ours) = row.iter().find(|c| c.policy == policy) else {
         return String::new();
     };
     let builtins: Vec<&&Cell> = row
