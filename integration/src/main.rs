@@ -6,7 +6,8 @@
 //!   replayed against the scenario's Envoy and backends;
 //! - `demo`: the flagship scenario `integration/scenarios/demo.yaml`
 //!   (Envoy in Docker when a daemon answers, else native);
-//! - `bench`: the benchmarks.
+//! - `bench`: the benchmarks;
+//! - `validate <scenario.yaml>`: every check that needs no traffic.
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -21,7 +22,8 @@ use switchyard_integration::scenario::{self, Scenario};
 #[derive(Parser)]
 #[command(
     name = "switchyard-harness",
-    about = "Run Switchyard filters in real Envoy"
+    about = "Run Switchyard filters in real Envoy",
+    version
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,9 @@ enum Command {
     /// The flagship scenario (integration/scenarios/demo.yaml): the whole
     /// filter chain, three load-reporting backends, a bursting client and a
     /// backend slowing down; prints the table and the report's path.
+    // On every command: `--scale -1` reaches the value check instead of
+    // reading as a flag.
+    #[command(allow_negative_numbers = true)]
     Demo {
         /// docker or native (default: docker when a daemon answers).
         #[arg(long)]
@@ -46,7 +51,19 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Check a scenario without sending traffic: its fields, flows and
+    /// phases, events and assertion windows inside the run, the request
+    /// plans, and `envoy --mode validate` on the config it renders.
+    #[command(allow_negative_numbers = true)]
+    Validate {
+        /// The scenario (YAML).
+        scenario: PathBuf,
+        /// docker or native (default: docker when a daemon answers).
+        #[arg(long)]
+        runtime: Option<String>,
+    },
     /// Run a scenario file.
+    #[command(allow_negative_numbers = true)]
     Run {
         /// The scenario (YAML).
         scenario: PathBuf,
@@ -58,6 +75,7 @@ enum Command {
     },
     /// Replay access-log records (JSON lines) against a scenario's Envoy
     /// config and backends, at recorded timing or `--speed` times faster.
+    #[command(allow_negative_numbers = true)]
     Replay {
         /// Records written by the access-log filter (e.g. records.jsonl of a run).
         records: PathBuf,
@@ -78,6 +96,7 @@ enum Command {
         common: Common,
     },
     /// Every variant against no filter and native Envoy, as ratios.
+    #[command(allow_negative_numbers = true)]
     Bench {
         /// Interleaved rounds per variant.
         #[arg(long, default_value_t = 3)]
@@ -162,6 +181,12 @@ async fn real_main() -> Result<ExitCode> {
                 common.quick = false;
             }
             run_and_report(&s, runtime, &common, None, None).await
+        }
+        Command::Validate { scenario, runtime } => {
+            let s = Scenario::load(&scenario)?;
+            scenario_run::validate(&s, runtime_from(runtime)?).await?;
+            println!("{}: valid", scenario.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run {
             scenario,

@@ -332,6 +332,44 @@ async fn lb_weights(admin: SocketAddr) -> Option<BTreeMap<String, f64>> {
 }
 
 /// Runs `scenario` (scaled by `opts.scale`) and writes its results.
+/// Everything `switchyard-harness validate` can check before any traffic:
+/// the scenario's own rules (field values, unknown flows and phases,
+/// events and assertion windows outside the run; [`Scenario::load`] ran
+/// them), the request plans of every flow, and Envoy's `--mode validate`
+/// on the rendered config (placeholder loopback addresses stand for the
+/// backends, collector and discovery server a run would start).
+pub async fn validate(s: &Scenario, runtime: Runtime) -> Result<()> {
+    plan_flows(s)?;
+    let placeholder = |k: u16| SocketAddr::from(([127, 0, 0, 1], 10_000 + k));
+    let addrs: Vec<BackendAddr> = s
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, d)| BackendAddr {
+            name: d.name.clone(),
+            cluster: d.cluster.clone(),
+            addr: placeholder(u16::try_from(i).unwrap_or(u16::MAX - 10_000)),
+        })
+        .collect();
+    let collector = match s.filter(FilterKind::AccessLog) {
+        Some(FilterDef::AccessLog(a)) if a.sink.collector() => Some(placeholder(9_000)),
+        _ => None,
+    };
+    let drains = s
+        .backends
+        .iter()
+        .any(|b| b.events.iter().any(|e| e.drain.is_some()));
+    let infra = Infra {
+        backends: &addrs,
+        collector,
+        discovery: drains.then(|| placeholder(9_001)),
+    };
+    envoy_config::builder(s, runtime, &infra)?
+        .validate()
+        .await
+        .map_err(|e| anyhow!("{e}"))
+}
+
 pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
     let started = Instant::now();
     let s = if (opts.scale - 1.0).abs() > f64::EPSILON {

@@ -1164,6 +1164,7 @@ impl Scenario {
         if self.traffic.is_empty() {
             bail!("traffic: at least one flow is needed");
         }
+        self.validate_event_times()?;
         let mut flows = BTreeSet::new();
         for (i, f) in self.traffic.iter().enumerate() {
             let path = format!("traffic[{i}]");
@@ -1312,6 +1313,41 @@ impl Scenario {
                 && a >= b
             {
                 bail!("{path}.scope: from must be before until");
+            }
+            // A window that starts after the last flow ends sees nothing.
+            let end = self.traffic_duration();
+            if let Some(from) = scope.from
+                && from.0 >= end
+            {
+                bail!(
+                    "{path}.scope.from: {:?} is not before the traffic ends ({end:?})",
+                    from.0
+                );
+            }
+            if let Some(until) = scope.until
+                && until.0 > end
+            {
+                bail!(
+                    "{path}.scope.until: {:?} is after the traffic ends ({end:?})",
+                    until.0
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Events that would never happen: after the last flow ends the run
+    /// stops. Checked with [`Scenario::validate`].
+    fn validate_event_times(&self) -> Result<()> {
+        let end = self.traffic_duration();
+        for (i, b) in self.backends.iter().enumerate() {
+            for (j, e) in b.events.iter().enumerate() {
+                if e.at.0 >= end {
+                    bail!(
+                        "backends[{i}].events[{j}].at: {:?} is not before the traffic ends ({end:?})",
+                        e.at.0
+                    );
+                }
             }
         }
         Ok(())
@@ -1484,6 +1520,33 @@ traffic:
     }
 
     #[test]
+    fn what_would_never_happen_is_refused_before_any_traffic() {
+        // The traffic ends at 1 s: an event then, or a window after it.
+        let e = err(&MINIMAL.replace(
+            "- name: a",
+            "- name: a\n    events: [{at: 1s, fail: {error_rate: 1}}]",
+        ));
+        assert!(
+            e.contains("backends[0].events[0].at") && e.contains("traffic ends"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}assertions:\n  - backend_share: {{backend: a, min: 0.1, scope: {{from: 2s}}}}\n"
+        ));
+        assert!(e.contains("assertions[0].backend_share.scope.from"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}assertions:\n  - backend_share: {{backend: a, min: 0.1, scope: {{until: 3s}}}}\n"
+        ));
+        assert!(e.contains("assertions[0].backend_share.scope.until"), "{e}");
+        // Inside the run: fine.
+        Scenario::parse(&MINIMAL.replace(
+            "- name: a",
+            "- name: a\n    events: [{at: 500ms, fail: {error_rate: 1}}]",
+        ))
+        .unwrap();
+    }
+
+    #[test]
     fn client_pools() {
         let p = ClientPool {
             addresses: vec![],
@@ -1518,12 +1581,12 @@ traffic:
         assert!(StatusClass::Class(5).matches(503));
         assert!(StatusClass::Error.matches(0));
         let s = Scenario::parse(&format!(
-            "{MINIMAL}assertions:\n  - backend_share: {{backend: a, min: 0.5, scope: {{flow: f, from: 1s}}}}\n  - status_share: {{name: mostly ok, status: 200, min: 0.9}}\n"
+            "{MINIMAL}assertions:\n  - backend_share: {{backend: a, min: 0.5, scope: {{flow: f, from: 500ms}}}}\n  - status_share: {{name: mostly ok, status: 200, min: 0.9}}\n"
         ))
         .unwrap();
         assert_eq!(
             s.assertions[0].label(),
-            "backend_share(a) [flow f, from 1s]"
+            "backend_share(a) [flow f, from 0.5s]"
         );
         assert_eq!(s.assertions[1].label(), "mostly ok");
     }
