@@ -195,3 +195,41 @@ async fn an_access_log_recording_replays_with_the_same_mix() {
     );
     assert!(replay.passed(), "{:?}", replay.result.failures());
 }
+
+/// Issue 14, item 6: `validate` checks every scenario file without traffic
+/// (Envoy's `--mode validate` included) and refuses, with the field's path
+/// and exit 2, an event after the run's end; `--version` answers and a
+/// negative option value reaches its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_without_traffic_and_the_cli_takes_negative_values() {
+    for file in scenario::all_scenario_files().expect("integration/scenarios/ readable") {
+        let out = harness(&["validate", file.to_str().expect("utf-8 path")]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", file.display());
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let late = dir.path().join("late.yaml");
+    let text = FAILING.replace(
+        "- {name: only, latency: {fixed_ms: 1}}",
+        "- {name: only, latency: {fixed_ms: 1}, events: [{at: 5s, fail: {error_rate: 1}}]}",
+    );
+    assert!(
+        text.contains("events"),
+        "the fixture's backend line changed"
+    );
+    std::fs::write(&late, text).expect("write scenario");
+    let out = harness(&["validate", late.to_str().expect("utf-8 path")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backends[0].events[0].at") && stderr.contains("traffic ends"),
+        "{stderr}"
+    );
+    let out = harness(&["--version"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("switchyard-harness "));
+    let fine = dir.path().join("fine.yaml");
+    std::fs::write(&fine, FAILING).expect("write scenario");
+    let out = harness(&["run", fine.to_str().expect("utf-8 path"), "--scale", "-1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the time scale must be > 0"), "{stderr}");
+}
