@@ -186,7 +186,8 @@ fn module_sizes() -> BTreeMap<String, u64> {
     out
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
+/// The upper median (0 when empty).
+pub(crate) fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

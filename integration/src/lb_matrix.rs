@@ -22,7 +22,7 @@
 //! eject for 1 s).
 
 use crate::backend::{Backend, BackendSpec, OrcaFormat};
-use crate::bench::{BASE, ENDPOINTS, Role, Variant, start_variant, wasm_filter};
+use crate::bench::{BASE, ENDPOINTS, Role, Variant, median_f, start_variant, wasm_filter};
 use crate::envoy::Envoy;
 use crate::scenario::html::{Line, PALETTE, YAxis, chart, esc};
 use crate::traffic::{Load, RequestSpec, Sample, Traffic, TrafficReport};
@@ -237,18 +237,13 @@ pub struct Cell {
     pub runs: Vec<CellRun>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 impl Cell {
     /// Median and (min, max) of a figure over the repeats.
     pub fn stat(&self, f: impl Fn(&CellRun) -> f64) -> (f64, f64, f64) {
         let v: Vec<f64> = self.runs.iter().map(f).collect();
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (median(v), lo, hi)
+        (median_f(v), lo, hi)
     }
 }
 
