@@ -686,3 +686,83 @@ async fn client_address_is_envoys_own_in_every_topology() {
     }
     assert_eq!(compared, 6 * peers.len() * xffs.len());
 }
+
+/// The record's attributes come in one CEL batch in real Envoy (the
+/// emulator's `crossing_budget_of_a_get` counts what that saves): the
+/// expression compiles, its answer decodes, and the record holds the same
+/// values a read per attribute gives, for an upstream answer and for a
+/// direct response. With the wasm log at debug, any fallback (no CEL, a
+/// failed evaluation, an answer that does not decode) leaves a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_come_in_one_batch() {
+    paths::wasm_module("switchyard-access-log").expect("module built (make build)");
+    let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
+    let collector = Collector::start().await.unwrap();
+    let addr = backend.addr();
+    let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
+        .var("access_log_config", json!({}).to_string())
+        .var(
+            "backends",
+            vec![json!({"ip": addr.ip().to_string(), "port": addr.port()})],
+        )
+        .var("collector_port", collector.addr().port())
+        .var("inject", false)
+        .component_log_level("wasm:debug")
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));
+    let ingress = envoy.listener("ingress").unwrap();
+    for (i, inject) in [(0, ""), (1, "x-inject: 1\r\n"), (2, "")] {
+        let req = format!(
+            "GET /b/{i} HTTP/1.1\r\nhost: shop.test\r\nx-request-id: batch-{i}\r\n{inject}connection: close\r\n\r\n"
+        );
+        let status = tokio::task::spawn_blocking(move || raw_request(ingress, req.as_bytes()))
+            .await
+            .unwrap();
+        assert!(status.contains("200"), "{status}");
+    }
+    let records = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = log_records(&envoy);
+            if r.len() >= 3 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("3 records: {}", envoy.logs()));
+    let record = |id: &str| -> Value {
+        records
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["request_id"] == id)
+            .unwrap()
+    };
+    for id in ["batch-0", "batch-2"] {
+        let r = record(id);
+        assert_eq!(r["protocol"], "HTTP/1.1", "{r}");
+        assert_eq!(r["route_name"], "default", "{r}");
+        assert_eq!(r["response_code_details"], "via_upstream", "{r}");
+        assert_eq!(r["response_flags"], "-", "{r}");
+        assert!(r["bytes_sent"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["upstream_host"], addr.to_string(), "{r}");
+        // request.time (a timestamp, 8 bytes of ns in the batch): a time
+        // of these years, not 1970 or garbage.
+        let start = r["start_time"].as_str().unwrap();
+        let year: i32 = start.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
+        assert!((2025..2100).contains(&year), "{start}");
+    }
+    let direct = record("batch-1");
+    assert_eq!(direct["route_name"], "injected", "{direct}");
+    assert_eq!(
+        direct["response_code_details"], "direct_response",
+        "{direct}"
+    );
+    assert_eq!(direct["bytes_sent"], 7, "{direct}");
+    assert_eq!(direct["upstream_host"], Value::Null, "{direct}");
+    let logs = envoy.logs();
+    for fallback in ["one by one", "property batch"] {
+        assert!(!logs.contains(fallback), "{fallback}: {logs}");
+    }
+}

@@ -37,6 +37,7 @@ type Stages = Vec<(&'static str, Box<dyn Stage>)>;
 struct Pipeline {
     stages: Stages,
     root: RootServices,
+    batches: Rc<crate::stage::PropertyBatches>,
 }
 
 enum Layout {
@@ -274,6 +275,7 @@ impl ModuleRoot {
             root: RootServices {
                 callouts: Callouts::new(),
             },
+            batches: Rc::default(),
         }));
         true
     }
@@ -309,7 +311,10 @@ impl ModuleRoot {
     /// configuration.
     pub(crate) fn new_stream(&self) -> ModuleStream {
         ModuleStream {
-            exchange: Exchange::new(self.pipeline.as_ref().map_or(0, |p| p.stages.len())),
+            exchange: match &self.pipeline {
+                Some(p) => Exchange::new(p.stages.len(), Rc::clone(&p.batches)),
+                None => Exchange::new(0, Rc::default()),
+            },
             pipeline: self.pipeline.clone(),
         }
     }

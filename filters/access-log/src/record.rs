@@ -48,6 +48,24 @@ pub enum Attr {
 }
 
 impl Attr {
+    /// Every attribute; a record of either naming reads each of them
+    /// (test `every_naming_reads_every_attribute`), so a stage can ask for
+    /// them in one batch.
+    pub const ALL: [Attr; 12] = [
+        Attr::StartTime,
+        Attr::Duration,
+        Attr::Protocol,
+        Attr::ResponseCode,
+        Attr::ResponseFlags,
+        Attr::ResponseCodeDetails,
+        Attr::BytesReceived,
+        Attr::BytesSent,
+        Attr::UpstreamHost,
+        Attr::UpstreamCluster,
+        Attr::RouteName,
+        Attr::PeerAddress,
+    ];
+
     /// The attribute's property path.
     pub fn path(self) -> &'static [&'static str] {
         match self {
@@ -800,6 +818,47 @@ mod tests {
 
     fn record(c: &Config, f: &mut Facts) -> Value {
         serde_json::from_str(&line(c, f)).unwrap()
+    }
+
+    /// A source that records which attributes a record asks for.
+    struct Asked(Facts, Vec<Attr>);
+
+    impl Source for Asked {
+        fn request(&mut self) -> &HeaderMap {
+            self.0.request()
+        }
+        fn response(&mut self) -> &HeaderMap {
+            self.0.response()
+        }
+        fn text(&mut self, attr: Attr) -> Option<&[u8]> {
+            self.1.push(attr);
+            self.0.text(attr)
+        }
+        fn number(&mut self, attr: Attr) -> Option<u64> {
+            self.1.push(attr);
+            self.0.number(attr)
+        }
+        fn client_address(&mut self) -> Option<String> {
+            self.0.client_address()
+        }
+        fn decisions(&self) -> &Decisions {
+            self.0.decisions()
+        }
+    }
+
+    #[test]
+    fn every_naming_reads_every_attribute() {
+        for naming in ["envoy", "otel"] {
+            let c = config(&format!(r#"{{"naming":"{naming}"}}"#));
+            let mut asked = Asked(facts(), Vec::new());
+            line(&c, &mut asked);
+            for attr in Attr::ALL {
+                assert!(asked.1.contains(&attr), "{naming} does not read {attr:?}");
+            }
+            for attr in &asked.1 {
+                assert!(Attr::ALL.contains(attr), "{attr:?} missing from Attr::ALL");
+            }
+        }
     }
 
     #[test]

@@ -64,6 +64,41 @@ pub struct AccessLog {
 /// use and memoised, decisions as the earlier stages left them.
 struct ExchangeSource<'e>(&'e mut Exchange);
 
+impl ExchangeSource<'_> {
+    /// Whether `attr` would come from a property read: the shortcuts of
+    /// [`Source::text`] and [`Source::number`] below take the rest from the
+    /// clock, the response map or a decision.
+    fn read_as_property(&mut self, attr: Attr) -> bool {
+        match attr {
+            Attr::UpstreamCluster => self.0.decisions.cluster.is_none(),
+            Attr::ResponseCode => self.status().is_none(),
+            Attr::Duration => false,
+            Attr::StartTime => self.0.request_phase_clock().is_none(),
+            Attr::BytesReceived => !self.0.request_ended_with_headers(),
+            _ => true,
+        }
+    }
+
+    /// Reads the record's properties in one batch (see
+    /// [`Exchange::prefetch`]): 2 crossings instead of 2 per property.
+    fn prefetch(&mut self) {
+        let paths: Vec<&'static [&'static str]> = Attr::ALL
+            .into_iter()
+            .filter(|a| self.read_as_property(*a))
+            .map(Attr::path)
+            .collect();
+        self.0.prefetch(&paths);
+    }
+
+    /// The final response's `:status`.
+    fn status(&mut self) -> Option<u64> {
+        self.0
+            .response()
+            .get_str(":status")
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    }
+}
+
 impl Source for ExchangeSource<'_> {
     fn request(&mut self) -> &HeaderMap {
         self.0.request()
@@ -87,11 +122,7 @@ impl Source for ExchangeSource<'_> {
             // The final response map's `:status` is `response.code` (the
             // map is read anyway for the record), one crossing pair less.
             Attr::ResponseCode => {
-                let status = self
-                    .0
-                    .response()
-                    .get_str(":status")
-                    .and_then(|s| s.trim().parse::<u64>().ok());
+                let status = self.status();
                 if status.is_some() {
                     return status;
                 }
@@ -133,9 +164,18 @@ impl Stage for AccessLog {
     fn on_log(&self, ex: &mut Exchange) {
         let m = &self.metrics;
         let mut source = ExchangeSource(ex);
+        // Sampling reads the flags: batch them too when every record is
+        // kept; otherwise batch only for the records kept.
+        let keep_all = self.config.sampling.rate >= 1.0;
+        if keep_all {
+            source.prefetch();
+        }
         if record::decide(&self.config.sampling, &mut source).is_none() {
             m.sampled_out.inc();
             return;
+        }
+        if !keep_all {
+            source.prefetch();
         }
         let line = record::line(&self.config, &mut source);
         m.records.inc();

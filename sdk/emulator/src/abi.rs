@@ -649,30 +649,36 @@ pub unsafe extern "C" fn proxy_get_property(
     // SAFETY: the module passes a readable buffer.
     let key = unsafe { input(path_data, path_size) }.to_vec();
     host_call(CALL, no_vm(CALL), |vm| {
-        let config = &vm.host.inner.config;
-        let explicit = {
-            let mut state = vm.state();
-            let from_stream = state
-                .effective_stream()
-                .and_then(|s| s.properties.get(&key).cloned());
-            from_stream.or_else(|| state.properties.get(&key).cloned())
-        };
-        let value = explicit
-            .or_else(|| derived_property(vm, &key))
-            .or_else(|| config.properties.get(&key).cloned())
-            .or_else(|| match key.as_slice() {
-                b"plugin_name" if config.plugin_name.is_empty() => {
-                    Some(config.root_id.clone().into_bytes())
-                }
-                b"plugin_name" => Some(config.plugin_name.clone().into_bytes()),
-                b"plugin_root_id" => Some(config.root_id.clone().into_bytes()),
-                b"plugin_vm_id" => Some(config.vm_id.clone().into_bytes()),
-                _ => None,
-            });
+        let value = property_value(vm, &key);
         let value = value.ok_or(Status::NotFound)?;
         // SAFETY: out-pointers from the module.
         unsafe { put_bytes(&value, return_value_data, return_value_size) }
     })
+}
+
+/// A property as `proxy_get_property` and CEL see it: the stream's, one
+/// derived from its headers, or the process-wide ones.
+fn property_value(vm: &VmHandle, key: &[u8]) -> Option<Vec<u8>> {
+    let config = &vm.host.inner.config;
+    let explicit = {
+        let mut state = vm.state();
+        let from_stream = state
+            .effective_stream()
+            .and_then(|s| s.properties.get(key).cloned());
+        from_stream.or_else(|| state.properties.get(key).cloned())
+    };
+    explicit
+        .or_else(|| derived_property(vm, key))
+        .or_else(|| config.properties.get(key).cloned())
+        .or_else(|| match key {
+            b"plugin_name" if config.plugin_name.is_empty() => {
+                Some(config.root_id.clone().into_bytes())
+            }
+            b"plugin_name" => Some(config.plugin_name.clone().into_bytes()),
+            b"plugin_root_id" => Some(config.root_id.clone().into_bytes()),
+            b"plugin_vm_id" => Some(config.vm_id.clone().into_bytes()),
+            _ => None,
+        })
 }
 
 /// `proxy_set_property`: stored on the stream (Envoy keeps it in the
@@ -1310,8 +1316,11 @@ pub extern "C" fn proxy_done() -> u32 {
     })
 }
 
-/// `proxy_call_foreign_function`: `clear_route_cache` (counted per stream);
-/// other names are NotFound, as in an Envoy without them.
+/// `proxy_call_foreign_function`: `clear_route_cache` (counted per stream),
+/// and, unless the host was built without CEL, `expr_create`,
+/// `expr_evaluate` and `expr_delete` for CEL lists of attributes (see
+/// [`parse_cel_list`]); other names are NotFound, as in an Envoy without
+/// them.
 ///
 /// # Safety
 /// Input buffers readable, out-pointers writable.
@@ -1319,24 +1328,113 @@ pub extern "C" fn proxy_done() -> u32 {
 pub unsafe extern "C" fn proxy_call_foreign_function(
     function_name_data: *const u8,
     function_name_size: usize,
-    _arguments_data: *const u8,
-    _arguments_size: usize,
+    arguments_data: *const u8,
+    arguments_size: usize,
     results_data: *mut *mut u8,
     results_size: *mut usize,
 ) -> u32 {
     const CALL: &str = "proxy_call_foreign_function";
-    // SAFETY: the module passes a readable buffer.
+    // SAFETY: the module passes readable buffers.
     let name = text(unsafe { input(function_name_data, function_name_size) });
-    host_call(CALL, no_vm(CALL), |vm| match name.as_str() {
-        "clear_route_cache" => {
-            if let Some(stream) = vm.state().effective_stream() {
-                stream.route_cache_clears += 1;
+    let args = unsafe { input(arguments_data, arguments_size) }.to_vec();
+    host_call(CALL, no_vm(CALL), |vm| {
+        let cel = vm.host.inner.config.cel;
+        let result = match name.as_str() {
+            "clear_route_cache" => {
+                if let Some(stream) = vm.state().effective_stream() {
+                    stream.route_cache_clears += 1;
+                }
+                Vec::new()
             }
-            // SAFETY: out-pointers from the module.
-            unsafe { put_bytes(&[], results_data, results_size) }
-        }
-        _ => Err(Status::NotFound),
+            "expr_create" if cel => {
+                let elements = parse_cel_list(&text(&args)).ok_or(Status::BadArgument)?;
+                let mut state = vm.state();
+                state.expressions.push(elements);
+                let token = u32::try_from(state.expressions.len() - 1)
+                    .map_err(|_| Status::InternalFailure)?;
+                token.to_le_bytes().to_vec()
+            }
+            "expr_evaluate" if cel => {
+                let token: [u8; 4] = args
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Status::BadArgument)?;
+                let elements = vm
+                    .state()
+                    .expressions
+                    .get(u32::from_le_bytes(token) as usize)
+                    .cloned()
+                    .ok_or(Status::NotFound)?;
+                let mut list = Vec::new();
+                for (key, has) in elements {
+                    let element = match property_value(vm, &key) {
+                        // `has(x) ? [x] : []` reads as a nested list.
+                        Some(v) if has => cel_list(&[v]),
+                        Some(v) => v,
+                        None if has => cel_list(&[]),
+                        // CEL: no such attribute, the whole list errs.
+                        None => return Err(Status::InternalFailure),
+                    };
+                    list.push(element);
+                }
+                cel_list(&list)
+            }
+            "expr_delete" if cel => Vec::new(),
+            _ => return Err(Status::NotFound),
+        };
+        // SAFETY: out-pointers from the module.
+        unsafe { put_bytes(&result, results_data, results_size) }
     })
+}
+
+/// The CEL this emulator evaluates: a list whose elements are each an
+/// attribute path (`request.protocol`) or `has(p) ? [p] : []`. Per element,
+/// the property key and whether absence is an empty list; `None` for anything
+/// else (Envoy would parse more; the SDK sends only this).
+fn parse_cel_list(expr: &str) -> Option<Vec<(Vec<u8>, bool)>> {
+    let inner = expr.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let path = |p: &str| {
+        let p = p.trim();
+        let ok = !p.is_empty()
+            && p.split('.').all(|s| {
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        ok.then(|| p.replace('.', "\0").into_bytes())
+    };
+    inner
+        .split(',')
+        .map(|e| {
+            let e = e.trim();
+            match e.strip_prefix("has(") {
+                Some(rest) => {
+                    let (tested, rest) = rest.split_once(')')?;
+                    let (then, otherwise) = rest.trim().strip_prefix('?')?.split_once(':')?;
+                    let then = then.trim().strip_prefix('[')?.strip_suffix(']')?;
+                    let key = path(tested)?;
+                    (path(then)? == key && otherwise.trim() == "[]").then_some((key, true))
+                }
+                None => Some((path(e)?, false)),
+            }
+        })
+        .collect()
+}
+
+/// A CEL list as Envoy 1.36+ serialises one for `expr_evaluate`: like a
+/// header map whose names are the elements, each serialised as
+/// `proxy_get_property` would (strings raw, integers 8 bytes), with empty
+/// values.
+fn cel_list(elements: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(elements.len() as u32).to_le_bytes());
+    for e in elements {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+    }
+    for e in elements {
+        out.extend_from_slice(e);
+        out.extend_from_slice(&[0, 0]);
+    }
+    out
 }
 
 // ---- metrics ----

@@ -45,6 +45,7 @@ pub(crate) struct HostConfig {
     pub(crate) log_level: LogLevel,
     pub(crate) echo_logs: bool,
     pub(crate) properties: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) cel: bool,
 }
 
 /// Configures a [`Host`]; created by [`Host::new`].
@@ -115,6 +116,14 @@ impl HostBuilder {
         self.config
             .properties
             .insert(wire::property_key(path), value.into());
+        self
+    }
+
+    /// Whether the `expr_create`/`expr_evaluate` foreign functions (CEL)
+    /// exist, as in Envoy builds with the CEL parser (default on); off,
+    /// they answer NotFound like Envoy without it.
+    pub fn cel(mut self, on: bool) -> Self {
+        self.config.cel = on;
         self
     }
 
@@ -367,6 +376,7 @@ impl Host {
                 log_level: LogLevel::Trace,
                 echo_logs: true,
                 properties: HashMap::new(),
+                cel: true,
             },
             start: UNIX_EPOCH + Duration::from_secs(DEFAULT_START_SECS),
         }

@@ -140,6 +140,9 @@ pub(crate) struct VmState {
     /// What `proxy_get_status` returns (set while delivering a failure).
     pub(crate) status: (u32, Vec<u8>),
     pub(crate) root_done_calls: u32,
+    /// CEL expressions from `expr_create`, by token: per element, the
+    /// property key and whether absence reads as `null` (`has()`).
+    pub(crate) expressions: Vec<Vec<(Vec<u8>, bool)>>,
 }
 
 impl VmState {
@@ -152,6 +155,7 @@ impl VmState {
             tick_period: None,
             properties: HashMap::new(),
             streams: HashMap::new(),
+            expressions: Vec::new(),
             http_response: None,
             grpc_receive: None,
             grpc_initial_metadata: None,
