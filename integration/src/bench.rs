@@ -906,9 +906,13 @@ pub async fn memory(cfg: &BenchConfig, progress: impl Fn(&str)) -> Result<Vec<Me
     Ok(rows)
 }
 
-/// The memory table, with the goal for the large table at four workers.
+/// The memory table, with the goal for the large table at four workers;
+/// nothing when the memory part did not run.
 pub fn memory_markdown(rows: &[MemoryRow]) -> String {
     use std::fmt::Write;
+    if rows.is_empty() {
+        return String::new();
+    }
     let mut out = String::from(
         "\n| memory | workers | RSS MiB | + vs no filter MiB | + per worker MiB | goal |\n|---|---:|---:|---:|---:|---|\n",
     );

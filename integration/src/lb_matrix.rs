@@ -586,9 +586,12 @@ fn ms(us: f64) -> String {
 
 /// The matrix as markdown: per scenario, each policy's medians with the
 /// spread (min–max over the repeats) and the verdicts of the LB-quality
-/// issue for the Switchyard default.
+/// issue for the Switchyard default; nothing when the matrix did not run.
 pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> String {
     let mut out = String::new();
+    if cells.is_empty() {
+        return out;
+    }
     let _ = writeln!(
         out,
         "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {} ms, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",

@@ -20,9 +20,14 @@ pub fn build_dir() -> PathBuf {
     workspace_root().join("build")
 }
 
-/// `build/wasm/`: the shipped (wasm-opt'ed) modules, one per wasm crate.
+/// Where the modules are: `SWITCHYARD_WASM_DIR` when set (a user's own
+/// modules), else `build/wasm/`, the shipped (wasm-opt'ed) modules, one per
+/// wasm crate.
 pub fn wasm_dir() -> PathBuf {
-    build_dir().join("wasm")
+    match std::env::var_os("SWITCHYARD_WASM_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => build_dir().join("wasm"),
+    }
 }
 
 /// The shipped module of crate `crate_name` (dashes or underscores).

@@ -124,6 +124,30 @@ async fn a_failing_assertion_exits_non_zero_and_names_it() {
     assert_eq!(result["assertions"][1]["measured"], 1.0);
     let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report.html");
     assert!(html.contains("FAILED") && html.contains("only gets at most half"));
+    // JUnit XML as a CI system reads it: one test case per assertion, the
+    // failed one a failure with the assertion's message.
+    let junit = std::fs::read(out_dir.join("junit.xml")).expect("junit.xml");
+    let suites = junit_parser::from_reader(std::io::Cursor::new(junit)).expect("JUnit XML");
+    assert_eq!(suites.suites.len(), 1);
+    let cases = &suites.suites[0].cases;
+    let n = result["assertions"].as_array().map_or(0, Vec::len);
+    assert_eq!(cases.len(), n, "one test case per assertion");
+    let failed: Vec<_> = cases.iter().filter(|c| c.status.is_failure()).collect();
+    assert_eq!(failed.len(), 1, "{cases:?}");
+    assert_eq!(failed[0].original_name, "only gets at most half");
+    assert_eq!(
+        failed[0].classname.as_deref(),
+        Some("deliberately-failing.backend_share")
+    );
+    assert!(
+        failed[0]
+            .status
+            .failure_as_ref()
+            .message
+            .contains("expected <= 0.500"),
+        "{:?}",
+        failed[0].status
+    );
 
     // A scenario error is exit 2 and names the field.
     let bad = dir.path().join("bad.yaml");

@@ -635,6 +635,45 @@ fn pct(n: u64, d: u64) -> String {
 }
 
 /// The end-of-run tables (flows, backends, assertions) as text.
+/// The run's assertions as a JUnit XML report (what CI systems show as
+/// tests): one `<testsuite>` named after the scenario, one `<testcase>`
+/// per assertion (its label; class `<scenario>.<kind>`), `<failure>` with
+/// the assertion's message when it failed, `<skipped>` when it did not
+/// apply; the suite's time is the traffic's.
+pub fn junit_xml(r: &RunResult) -> anyhow::Result<String> {
+    junit_report(&r.scenario, r.elapsed_s, &r.assertions)
+}
+
+fn junit_report(
+    scenario: &str,
+    elapsed_s: f64,
+    assertions: &[AssertionResult],
+) -> anyhow::Result<String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new(scenario);
+    for a in assertions {
+        let status = if a.skipped {
+            let mut s = TestCaseStatus::skipped();
+            s.set_message(a.message.as_str());
+            s
+        } else if a.passed {
+            TestCaseStatus::success()
+        } else {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_message(a.message.as_str()).set_type(a.kind.as_str());
+            s
+        };
+        let mut case = TestCase::new(a.label.as_str(), status);
+        case.set_classname(format!("{scenario}.{}", a.kind))
+            .set_system_out(a.message.as_str());
+        suite.add_test_case(case);
+    }
+    suite.set_time(Duration::from_secs_f64(elapsed_s.max(0.0)));
+    let mut report = Report::new("switchyard-harness");
+    report.add_test_suite(suite);
+    Ok(report.to_string()?)
+}
+
 pub fn summary_table(r: &RunResult) -> String {
     let mut out = String::new();
     let verdict = if r.passed { "PASSED" } else { "FAILED" };

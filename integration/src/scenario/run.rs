@@ -761,6 +761,8 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
     let mut files = BTreeMap::new();
     files.insert("result_json".into(), json_path.display().to_string());
     files.insert("report_html".into(), html_path.display().to_string());
+    let junit_path = dir.join("junit.xml");
+    files.insert("junit_xml".into(), junit_path.display().to_string());
     files.insert(
         "envoy_yaml".into(),
         dir.join("envoy.yaml").display().to_string(),
@@ -818,6 +820,8 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
         .with_context(|| format!("writing {}", json_path.display()))?;
     std::fs::write(&html_path, html::render(&result)?)
         .with_context(|| format!("writing {}", html_path.display()))?;
+    std::fs::write(&junit_path, results::junit_xml(&result)?)
+        .with_context(|| format!("writing {}", junit_path.display()))?;
     let table = results::summary_table(&result);
     Ok(RunOutcome {
         result,
