@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat new-filter sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat package new-filter sweep clean
 
 all: build
 
@@ -73,6 +73,11 @@ bench: setup build
 	$(CARGO) test -q -p switchyard-fixture-filter --test crossings
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --envoy-cpu 0 $(BENCH_ARGS)
+
+## package: every module with its sha256, an OCI image and Istio / Envoy Gateway manifests (build/package/).
+package: setup build
+	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
+	target/harness/switchyard-harness package $(PACKAGE_ARGS)
 
 ## new-filter NAME=my-filter: a new filter crate from the template (builds to wasm, has an emulator test).
 new-filter:

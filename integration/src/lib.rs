@@ -24,6 +24,7 @@ pub mod control;
 pub mod discovery;
 pub mod envoy;
 pub mod lb_matrix;
+pub mod package;
 pub mod paths;
 pub mod replay;
 pub mod rls;

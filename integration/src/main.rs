@@ -62,6 +62,21 @@ enum Command {
         #[arg(long)]
         runtime: Option<String>,
     },
+    /// Package every built module: the .wasm with its sha256, an OCI image
+    /// (compat Wasm image: one layer with plugin.wasm) and example Istio
+    /// WasmPlugin / Envoy Gateway EnvoyExtensionPolicy manifests.
+    #[command(allow_negative_numbers = true)]
+    Package {
+        /// Where to write (default: build/package).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The registry the manifests pull from, e.g. ghcr.io/acme.
+        #[arg(long, default_value = "REGISTRY")]
+        registry: String,
+        /// The image tag (default: the workspace version).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// Run a scenario file.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -181,6 +196,22 @@ async fn real_main() -> Result<ExitCode> {
                 common.quick = false;
             }
             run_and_report(&s, runtime, &common, None, None).await
+        }
+        Command::Package { out, registry, tag } => {
+            use switchyard_integration::{package, paths};
+            let out = out.unwrap_or_else(|| paths::build_dir().join("package"));
+            let examples = paths::workspace_root().join("envoy-configs");
+            for p in package::package_all(&paths::wasm_dir(), &examples, &out, &registry, &tag)? {
+                println!(
+                    "{:<28} sha256 {}  image {} (digest sha256:{})",
+                    p.name,
+                    p.sha256,
+                    p.oci.display(),
+                    p.manifest_digest
+                );
+            }
+            println!("manifests: {0}/istio, {0}/envoy-gateway", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Validate { scenario, runtime } => {
             let s = Scenario::load(&scenario)?;
