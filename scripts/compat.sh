@@ -36,7 +36,7 @@ for want in $VERSIONS; do
     valid=0; count=0
     for f in envoy-configs/*.yaml; do
         count=$((count + 1))
-        sed "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" "$f" > "$tmp/config.yaml"
+        sed -e "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" -e "s#/etc/switchyard/ecds/#$ROOT/envoy-configs/ecds/#g" "$f" > "$tmp/config.yaml"
         if "$bin" --mode validate -c "$tmp/config.yaml" -l error --disable-hot-restart > "$tmp/out.txt" 2>&1; then
             valid=$((valid + 1))
         else

@@ -12,7 +12,7 @@ failed=0; count=0
 for f in envoy-configs/*.yaml; do
     [ -f "$f" ] || continue
     count=$((count + 1))
-    sed "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" "$f" > "$tmp/config.yaml"
+    sed -e "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" -e "s#/etc/switchyard/ecds/#$ROOT/envoy-configs/ecds/#g" "$f" > "$tmp/config.yaml"
     if "$envoy" --mode validate -c "$tmp/config.yaml" -l error --disable-hot-restart > "$tmp/out.txt" 2>&1; then
         echo "valid:   $f"
     else

@@ -191,6 +191,7 @@ pub struct EnvoyBuilder {
     keep_failed_runs: bool,
     cpus: Option<Vec<usize>>,
     partials: BTreeMap<String, String>,
+    files: BTreeMap<String, String>,
 }
 
 impl EnvoyBuilder {
@@ -206,6 +207,7 @@ impl EnvoyBuilder {
             keep_failed_runs: true,
             cpus: None,
             partials: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 
@@ -268,7 +270,20 @@ impl EnvoyBuilder {
         self
     }
 
+    /// A file written into `run_dir` before Envoy starts (e.g. an ECDS
+    /// resource file a `path_config_source` names), rendered as a template
+    /// with the same variables.
+    pub fn file(mut self, name: &str, template: impl Into<String>) -> Self {
+        self.files.insert(name.to_string(), template.into());
+        self
+    }
+
     fn render(&self, run_dir: &Path) -> Result<String> {
+        self.render_named("envoy.yaml", run_dir)
+    }
+
+    /// Renders the main template or one of [`file`](Self::file)'s.
+    fn render_named(&self, which: &str, run_dir: &Path) -> Result<String> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         // minijinja JSON-escapes everything in `.yaml` templates by default;
@@ -276,6 +291,10 @@ impl EnvoyBuilder {
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.add_template("envoy.yaml", &self.template)
             .context("parsing the Envoy config template")?;
+        for (name, text) in &self.files {
+            env.add_template(name, text)
+                .with_context(|| format!("parsing file template {name:?}"))?;
+        }
         for (name, text) in &self.partials {
             env.add_template(name, text)
                 .with_context(|| format!("parsing template fragment {name:?}"))?;
@@ -290,16 +309,26 @@ impl EnvoyBuilder {
             self.runtime.wasm_dir().display().to_string().into(),
         );
         vars.insert("run_dir".into(), run_dir.display().to_string().into());
-        env.get_template("envoy.yaml")
+        env.get_template(which)
             .and_then(|t| t.render(&vars))
-            .context("rendering the Envoy config template")
+            .with_context(|| format!("rendering {which}"))
+    }
+
+    /// A run directory with the rendered config and files.
+    fn prepare(&self) -> Result<RunDir, EnvoyError> {
+        let run = RunDir::new().map_err(setup_error)?;
+        let config = self.render(run.path()).map_err(setup_error)?;
+        run.write("envoy.yaml", &config).map_err(setup_error)?;
+        for name in self.files.keys() {
+            let text = self.render_named(name, run.path()).map_err(setup_error)?;
+            run.write(name, &text).map_err(setup_error)?;
+        }
+        Ok(run)
     }
 
     /// Renders the config and runs `envoy --mode validate` on it.
     pub async fn validate(self) -> Result<(), EnvoyError> {
-        let run = RunDir::new().map_err(setup_error)?;
-        let config = self.render(run.path()).map_err(setup_error)?;
-        run.write("envoy.yaml", &config).map_err(setup_error)?;
+        let run = self.prepare()?;
         let args = vec![
             "--mode".to_string(),
             "validate".into(),
@@ -323,9 +352,7 @@ impl EnvoyBuilder {
 
     /// Starts Envoy and waits until the admin `/ready` answers 200.
     pub async fn start(self) -> Result<Envoy, EnvoyError> {
-        let run = RunDir::new().map_err(setup_error)?;
-        let config = self.render(run.path()).map_err(setup_error)?;
-        run.write("envoy.yaml", &config).map_err(setup_error)?;
+        let run = self.prepare()?;
         let mut args = vec![
             "-c".to_string(),
             run.file("envoy.yaml"),
@@ -344,6 +371,8 @@ impl EnvoyBuilder {
         }
         let (child, container) =
             spawn(&self.runtime, &run, &args, self.cpus.as_deref()).map_err(setup_error)?;
+        let config = std::fs::read_to_string(run.path().join("envoy.yaml"))
+            .map_err(|e| setup_error(e.into()))?;
         let mut envoy = Envoy {
             runtime: self.runtime,
             child,

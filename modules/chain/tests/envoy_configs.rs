@@ -1,4 +1,5 @@
-//! Every plugin configuration in `envoy-configs/*.yaml` is accepted by the
+//! Every plugin configuration in `envoy-configs/*.yaml` (and the ECDS
+//! resources in `envoy-configs/ecds/`) is accepted by the
 //! module its `vm_config` loads, through the real ABI in the emulator:
 //! `envoy --mode validate` (make validate-configs) does not read them.
 
@@ -54,8 +55,10 @@ fn plugins(yaml: &str) -> Vec<(String, String)> {
 fn every_snippet_configures_its_module() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../envoy-configs");
     let mut checked = 0;
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("envoy-configs/ readable")
+    // The snippets, and the ECDS resource files they serve.
+    let mut files: Vec<_> = [dir.to_string(), format!("{dir}/ecds")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).expect("envoy-configs/ readable"))
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
@@ -78,5 +81,5 @@ fn every_snippet_configures_its_module() {
             checked += 1;
         }
     }
-    assert!(checked >= 9, "only {checked} plugin configurations found");
+    assert!(checked >= 10, "only {checked} plugin configurations found");
 }
