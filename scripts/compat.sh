@@ -18,6 +18,7 @@ SKIP=" ${SWITCHYARD_COMPAT_SKIP:-} "
 CARGO=${CARGO:-cargo}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+tls_files "$tmp/tls"
 rows=()
 failed=0
 for want in $VERSIONS; do
@@ -36,7 +37,7 @@ for want in $VERSIONS; do
     valid=0; count=0
     for f in envoy-configs/*.yaml; do
         count=$((count + 1))
-        sed -e "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" -e "s#/etc/switchyard/ecds/#$ROOT/envoy-configs/ecds/#g" "$f" > "$tmp/config.yaml"
+        snippet_for_validation "$f" "$tmp/tls" > "$tmp/config.yaml"
         if "$bin" --mode validate -c "$tmp/config.yaml" -l error --disable-hot-restart > "$tmp/out.txt" 2>&1; then
             valid=$((valid + 1))
         else

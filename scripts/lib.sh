@@ -46,3 +46,23 @@ wasm_lint_dirs() {
 module_file() { local n; n=$(crate_name "$1"); n=${n%-module}; printf '%s\n' "${n//-/_}"; }
 
 crate_name() { sed -n 's/^name *= *"\(.*\)"/\1/p' "$1/Cargo.toml" | head -n1; }
+
+# An envoy-configs snippet with its /etc/switchyard/ paths pointed at this
+# checkout: modules from build/wasm, ECDS resources from envoy-configs/ecds,
+# TLS files from $2 (a throwaway self-signed certificate, see tls_files).
+snippet_for_validation() {
+    sed -e "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" \
+        -e "s#/etc/switchyard/ecds/#$ROOT/envoy-configs/ecds/#g" \
+        -e "s#/etc/switchyard/tls/#$2/#g" "$1"
+}
+
+# The files the TLS snippets name, in $1: a self-signed certificate that is
+# good for `envoy --mode validate` only.
+tls_files() {
+    command -v openssl >/dev/null || apt_install openssl
+    mkdir -p "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj /CN=switchyard-validate -keyout "$1/server-key.pem" -out "$1/server.pem" 2>/dev/null \
+        || die "openssl could not make a certificate"
+    cp "$1/server.pem" "$1/upstream-ca.pem"
+}

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Runs `envoy --mode validate` on every envoy-configs/*.yaml with the real
 # Envoy binary. Snippets load modules from /etc/switchyard/wasm (where the
-# Docker runtime mounts them); here that prefix points at build/wasm.
+# Docker runtime mounts them); here that prefix points at build/wasm, ECDS
+# resources at envoy-configs/ecds and TLS files at a throwaway certificate
+# (Envoy's validation reads them).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 "$ROOT/scripts/setup-envoy.sh"
 envoy=$(cat "$BUILD/envoy-path")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+tls_files "$tmp/tls"
 failed=0; count=0
 for f in envoy-configs/*.yaml; do
     [ -f "$f" ] || continue
     count=$((count + 1))
-    sed -e "s#/etc/switchyard/wasm/#$BUILD/wasm/#g" -e "s#/etc/switchyard/ecds/#$ROOT/envoy-configs/ecds/#g" "$f" > "$tmp/config.yaml"
+    snippet_for_validation "$f" "$tmp/tls" > "$tmp/config.yaml"
     if "$envoy" --mode validate -c "$tmp/config.yaml" -l error --disable-hot-restart > "$tmp/out.txt" 2>&1; then
         echo "valid:   $f"
     else

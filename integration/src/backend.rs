@@ -459,6 +459,9 @@ pub struct BackendSpec {
     /// an injected error) and the load report (`endpoint-load-metrics-bin`)
     /// travel in the trailers, as gRPC servers send them.
     pub grpc: bool,
+    /// Serve over TLS with this configuration (HTTP/1.1 or HTTP/2 by ALPN;
+    /// see [`crate::tls::TestPki`]). Not with `grpc`.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl BackendSpec {
@@ -474,7 +477,13 @@ impl BackendSpec {
             orca: OrcaFormat::None,
             orca_source: OrcaSource::Measured,
             grpc: false,
+            tls: None,
         }
+    }
+    /// Serve over TLS (the `tls` field).
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
     /// Unary gRPC over HTTP/2, reports in trailers (the `grpc` field).
     pub fn grpc(mut self) -> Self {
@@ -678,6 +687,7 @@ impl Drop for Gauge<'_> {
 struct Shared {
     name: String,
     grpc: bool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     name_value: HeaderValue,
     capacity: Option<usize>,
     permits: Option<Semaphore>,
@@ -846,7 +856,11 @@ fn serve_task(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
             })
             .await
         } else {
-            serve(listener, Protocol::Http1, on_accept, move |req| {
+            let protocol = match &shared.tls {
+                Some(cfg) => Protocol::Tls(tokio_rustls::TlsAcceptor::from(cfg.clone())),
+                None => Protocol::Http1,
+            };
+            serve(listener, protocol, on_accept, move |req| {
                 let shared = shared.clone();
                 async move { shared.handle(req).await }
             })
@@ -903,6 +917,7 @@ impl Backend {
         let shared = Arc::new(Shared {
             name: spec.name,
             grpc: spec.grpc,
+            tls: spec.tls.clone(),
             name_value,
             capacity: spec.capacity,
             permits: spec.capacity.map(Semaphore::new),

@@ -30,4 +30,5 @@ pub mod replay;
 pub mod rls;
 pub mod scenario;
 pub mod server;
+pub mod tls;
 pub mod traffic;

@@ -16,12 +16,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Wire protocol of a test server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
     /// HTTP/2 with prior knowledge (gRPC).
     Http2,
+    /// TLS, then HTTP/2 when the client picks `h2` by ALPN, else HTTP/1.1.
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
 /// Serves `listener` until the calling task is aborted. Connection tasks live
@@ -49,23 +51,26 @@ pub async fn serve<H, Fut, B>(
                     let _ = stream.set_nodelay(true);
                     on_accept();
                     let handle = handle.clone();
+                    let protocol = protocol.clone();
                     conns.spawn(async move {
                         let svc = service_fn(move |req| {
                             let fut = handle(req);
                             async move { Ok::<_, Infallible>(fut.await) }
                         });
-                        let io = TokioIo::new(stream);
                         // Errors here are clients going away; nothing to do.
-                        let _ = match protocol {
-                            Protocol::Http1 => http1::Builder::new()
-                                .keep_alive(true)
-                                .max_buf_size(256 * 1024)
-                                .serve_connection(io, svc)
-                                .await,
-                            Protocol::Http2 => http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, svc)
-                                .await,
-                        };
+                        match protocol {
+                            Protocol::Http1 => serve_http1(TokioIo::new(stream), svc).await,
+                            Protocol::Http2 => serve_http2(TokioIo::new(stream), svc).await,
+                            Protocol::Tls(acceptor) => {
+                                let Ok(tls) = acceptor.accept(stream).await else { return };
+                                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                                if h2 {
+                                    serve_http2(TokioIo::new(tls), svc).await;
+                                } else {
+                                    serve_http1(TokioIo::new(tls), svc).await;
+                                }
+                            }
+                        }
                     });
                 }
                 // E.g. out of file descriptors: back off instead of spinning.
@@ -75,6 +80,38 @@ pub async fn serve<H, Fut, B>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+async fn serve_http1<I, S, B>(io: I, svc: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(256 * 1024)
+        .serve_connection(io, svc)
+        .await;
+}
+
+async fn serve_http2<I, S, B>(io: I, svc: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = http2::Builder::new(TokioExecutor::new())
+        .serve_connection(io, svc)
+        .await;
 }
 
 /// The body of a gRPC response: the framed message, then trailers.
