@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat package new-filter sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat try package new-filter sweep clean
 
 all: build
 
@@ -46,6 +46,7 @@ validate-configs: build
 
 ## integration-test: real Envoy (Docker and native) with real backends.
 integration-test: build
+	@command -v curl >/dev/null || { . scripts/lib.sh; apt_install curl; }
 	@status=0; $(CARGO) test -p switchyard-integration --test '*' -- --nocapture --test-threads 2 || status=$$?; \
 	  $(MAKE) --no-print-directory sweep; exit $$status
 
@@ -73,6 +74,12 @@ bench: setup build
 	$(CARGO) test -q -p switchyard-fixture-filter --test crossings
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --envoy-cpu 0 $(BENCH_ARGS)
+
+## try CONFIG=rate-limit: an envoy-configs file as it is, against local example upstreams; prints the curl lines to try.
+try: setup build
+	@[ -n "$(CONFIG)" ] || { echo "usage: make try CONFIG=<file in envoy-configs/ without .yaml>"; exit 2; }
+	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
+	target/harness/switchyard-harness try $(CONFIG)
 
 ## package: every module with its sha256, an OCI image and Istio / Envoy Gateway manifests (build/package/).
 package: setup build

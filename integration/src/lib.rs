@@ -32,3 +32,4 @@ pub mod scenario;
 pub mod server;
 pub mod tls;
 pub mod traffic;
+pub mod try_config;

@@ -77,6 +77,19 @@ enum Command {
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         tag: String,
     },
+    /// Start an envoy-configs file as it is against local example
+    /// upstreams (make try CONFIG=rate-limit) and print what to try.
+    #[command(allow_negative_numbers = true)]
+    Try {
+        /// A file of envoy-configs/ by name (rate-limit) or a path.
+        config: String,
+        /// Run the file's `# try:` lines, compare their output, and exit.
+        #[arg(long)]
+        check: bool,
+        /// docker or native (default: docker when a daemon answers).
+        #[arg(long)]
+        runtime: Option<String>,
+    },
     /// Run a scenario file.
     #[command(allow_negative_numbers = true)]
     Run {
@@ -211,6 +224,53 @@ async fn real_main() -> Result<ExitCode> {
                 );
             }
             println!("manifests: {0}/istio, {0}/envoy-gateway", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Try {
+            config,
+            check,
+            runtime,
+        } => {
+            use switchyard_integration::{paths, try_config};
+            let root = paths::workspace_root();
+            let path = if config.ends_with(".yaml") {
+                PathBuf::from(&config)
+            } else {
+                root.join("envoy-configs").join(format!("{config}.yaml"))
+            };
+            let work = paths::build_dir().join("try");
+            let trial = try_config::start(&path, &work, runtime_from(runtime)?).await?;
+            if check {
+                let failed = try_config::check(&trial, &root).await?;
+                for (line, got) in &failed {
+                    eprintln!(
+                        "FAILED: {}\n  expected: {}\n  got:      {got}",
+                        line.command, line.expected
+                    );
+                }
+                println!(
+                    "{}: {} of {} try lines as documented",
+                    path.display(),
+                    trial.lines.len() - failed.len(),
+                    trial.lines.len()
+                );
+                return Ok(if failed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            println!(
+                "{} is up (Envoy admin on 127.0.0.1:9901; the client CA for TLS listeners is {}).",
+                path.display(),
+                trial.ca_file.display()
+            );
+            println!("Try, from the repository root (expected output after =>):");
+            for l in &trial.lines {
+                println!("  {}\n      => {}", l.command, l.expected);
+            }
+            println!("Ctrl-C stops Envoy and the example upstreams.");
+            tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { scenario, runtime } => {
