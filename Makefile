@@ -86,7 +86,7 @@ package: setup build
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	target/harness/switchyard-harness package $(PACKAGE_ARGS)
 
-## new-filter NAME=my-filter: a new filter crate from the template (builds to wasm, has an emulator test).
+## new-filter NAME=my-filter: a new filter crate from the template (builds to wasm; an emulator test, an envoy.yaml and its real-Envoy check).
 new-filter:
 	@scripts/new-filter.sh "$(NAME)"
 

@@ -10,7 +10,7 @@
 //! Latency, error rate and the reported load can be changed while the server
 //! runs, so a scenario can slow a backend down, make it fail and recover it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::{Deref, Index};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -462,6 +462,9 @@ pub struct BackendSpec {
     /// Serve over TLS with this configuration (HTTP/1.1 or HTTP/2 by ALPN;
     /// see [`crate::tls::TestPki`]). Not with `grpc`.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Request headers to keep per request, by `x-request-id`
+    /// ([`Backend::received`]): what the proxy passed on.
+    pub record_headers: Vec<String>,
 }
 
 impl BackendSpec {
@@ -478,7 +481,13 @@ impl BackendSpec {
             orca_source: OrcaSource::Measured,
             grpc: false,
             tls: None,
+            record_headers: Vec::new(),
         }
+    }
+    /// Keep these request headers per request (the `record_headers` field).
+    pub fn record_headers(mut self, names: Vec<String>) -> Self {
+        self.record_headers = names;
+        self
     }
     /// Serve over TLS (the `tls` field).
     pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
@@ -696,6 +705,9 @@ struct Shared {
     rates: Mutex<RateWindow>,
     by_path: Mutex<BTreeMap<String, u64>>,
     last: Mutex<Option<SeenRequest>>,
+    record_headers: Vec<String>,
+    /// `x-request-id` → the recorded headers (name, value) it arrived with.
+    received: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 /// Locks ignoring poisoning: the guarded data are plain counters and settings
@@ -746,6 +758,17 @@ impl Shared {
                 })
                 .collect(),
         };
+        if !self.record_headers.is_empty()
+            && let Some(id) = seen.headers.iter().find(|(k, _)| k == "x-request-id")
+        {
+            let kept: Vec<(String, String)> = seen
+                .headers
+                .iter()
+                .filter(|(k, _)| self.record_headers.contains(k))
+                .cloned()
+                .collect();
+            lock(&self.received).insert(id.1.clone(), kept);
+        }
         *lock(&self.last) = Some(seen.clone());
         // Drain the request body so the connection can be reused; a broken
         // body just counts as empty.
@@ -934,6 +957,12 @@ impl Backend {
             rates: Mutex::new(RateWindow::new(Instant::now())),
             by_path: Mutex::new(BTreeMap::new()),
             last: Mutex::new(None),
+            record_headers: spec
+                .record_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            received: Mutex::new(HashMap::new()),
         });
         let task = serve_task(listener, shared.clone());
         Ok(Backend {
@@ -1000,6 +1029,12 @@ impl Backend {
     }
 
     /// The bound address (always `127.0.0.1:<port>`).
+    /// The recorded request headers ([`BackendSpec::record_headers`]) of
+    /// each request, by `x-request-id`.
+    pub fn received(&self) -> HashMap<String, Vec<(String, String)>> {
+        lock(&self.shared.received).clone()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

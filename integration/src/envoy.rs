@@ -192,6 +192,7 @@ pub struct EnvoyBuilder {
     cpus: Option<Vec<usize>>,
     partials: BTreeMap<String, String>,
     files: BTreeMap<String, String>,
+    copies: BTreeMap<String, PathBuf>,
 }
 
 impl EnvoyBuilder {
@@ -208,6 +209,7 @@ impl EnvoyBuilder {
             cpus: None,
             partials: BTreeMap::new(),
             files: BTreeMap::new(),
+            copies: BTreeMap::new(),
         }
     }
 
@@ -278,6 +280,14 @@ impl EnvoyBuilder {
         self
     }
 
+    /// A file copied as it is into `run_dir` as `name` before Envoy starts
+    /// (e.g. a module outside `build/wasm`: Envoy in Docker sees the run
+    /// directory).
+    pub fn copy_file(mut self, name: &str, source: &Path) -> Self {
+        self.copies.insert(name.to_string(), source.to_path_buf());
+        self
+    }
+
     fn render(&self, run_dir: &Path) -> Result<String> {
         self.render_named("envoy.yaml", run_dir)
     }
@@ -322,6 +332,11 @@ impl EnvoyBuilder {
         for name in self.files.keys() {
             let text = self.render_named(name, run.path()).map_err(setup_error)?;
             run.write(name, &text).map_err(setup_error)?;
+        }
+        for (name, source) in &self.copies {
+            std::fs::copy(source, run.path().join(name))
+                .with_context(|| format!("copying {}", source.display()))
+                .map_err(setup_error)?;
         }
         Ok(run)
     }

@@ -96,26 +96,32 @@ pub fn filter_config(s: &Scenario, f: &FilterDef, infra: &Infra) -> Value {
                 }
             }
         }
-        FilterDef::DomainRouter(_) | FilterDef::RateLimit(_) => {}
+        FilterDef::DomainRouter(_) | FilterDef::RateLimit(_) | FilterDef::Wasm(_) => {}
     }
     c
 }
 
 /// The Envoy builder for the scenario (not started).
 pub fn builder(s: &Scenario, runtime: Runtime, infra: &Infra) -> Result<EnvoyBuilder> {
-    let chain = s.envoy.module == ModuleLayout::Chain && !s.envoy.filters.is_empty();
+    let builtins = s
+        .envoy
+        .filters
+        .iter()
+        .filter(|f| f.kind().is_some())
+        .count();
+    let chain = s.envoy.module == ModuleLayout::Chain && builtins > 0;
     if chain {
         paths::wasm_module(CHAIN_CRATE)?;
     } else {
-        for f in &s.envoy.filters {
-            paths::wasm_module(f.kind().crate_name())?;
+        for k in s.envoy.filters.iter().filter_map(FilterDef::kind) {
+            paths::wasm_module(k.crate_name())?;
         }
     }
     let configs: BTreeMap<FilterKind, Value> = s
         .envoy
         .filters
         .iter()
-        .map(|f| (f.kind(), filter_config(s, f, infra)))
+        .filter_map(|f| Some((f.kind()?, filter_config(s, f, infra))))
         .collect();
     let template = match &s.envoy.template {
         None => CHAIN_TEMPLATE.to_string(),
@@ -127,23 +133,41 @@ pub fn builder(s: &Scenario, runtime: Runtime, infra: &Infra) -> Result<EnvoyBui
     };
     let mut b = EnvoyBuilder::new(runtime, template).concurrency(s.envoy.concurrency);
 
-    let filters: Vec<Value> = if chain {
-        vec![chain_filter(s, &configs)]
-    } else {
-        s.envoy
-            .filters
-            .iter()
-            .map(|f| {
-                let k = f.kind();
-                json!({
-                    "name": k.name(),
-                    "vm_id": k.name(),
-                    "module": format!("{}.wasm", k.crate_name().replace('-', "_")),
-                    "config": configs.get(&k).map(Value::to_string).unwrap_or_default(),
-                })
-            })
-            .collect()
-    };
+    // In the scenario's order: the built-ins (one chain filter at the first
+    // one's place, or one module each) and every `wasm` module as its own
+    // filter, copied into the run directory (which Envoy sees in Docker too).
+    let mut filters: Vec<Value> = Vec::new();
+    let mut chain_placed = false;
+    for (i, f) in s.envoy.filters.iter().enumerate() {
+        match (f, f.kind()) {
+            (FilterDef::Wasm(w), _) => {
+                let module = s.wasm_module(w);
+                let run_file = format!("module-{i}.wasm");
+                b = b.copy_file(&run_file, &module);
+                filters.push(json!({
+                    "name": w.plugin_name(),
+                    "vm_id": format!("{}-{i}", w.plugin_name()),
+                    "module": Value::Null,
+                    "run_file": run_file,
+                    "config": f.config().to_string(),
+                }));
+            }
+            (_, Some(_)) if chain => {
+                if !chain_placed {
+                    filters.push(chain_filter(s, &configs));
+                    chain_placed = true;
+                }
+            }
+            (_, Some(k)) => filters.push(json!({
+                "name": k.name(),
+                "vm_id": k.name(),
+                "module": format!("{}.wasm", k.crate_name().replace('-', "_")),
+                "run_file": Value::Null,
+                "config": configs.get(&k).map(Value::to_string).unwrap_or_default(),
+            })),
+            (_, None) => {}
+        }
+    }
     let mut clusters: Vec<(String, Vec<Value>)> = Vec::new();
     for be in infra.backends {
         match clusters.iter_mut().find(|(n, _)| *n == be.cluster) {
@@ -207,15 +231,14 @@ fn chain_filter(s: &Scenario, configs: &BTreeMap<FilterKind, Value>) -> Value {
         .envoy
         .filters
         .iter()
-        .map(|f| {
-            let k = f.kind();
-            json!({ k.name(): configs.get(&k).cloned().unwrap_or_else(|| json!({})) })
-        })
+        .filter_map(FilterDef::kind)
+        .map(|k| json!({ k.name(): configs.get(&k).cloned().unwrap_or_else(|| json!({})) }))
         .collect();
     json!({
         "name": "switchyard",
         "vm_id": "switchyard",
         "module": "switchyard.wasm",
+        "run_file": Value::Null,
         "config": json!({ "stages": stages }).to_string(),
     })
 }

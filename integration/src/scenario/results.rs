@@ -313,6 +313,9 @@ pub struct Evidence<'a> {
     pub log: Option<&'a LogResult>,
     pub stats: &'a BTreeMap<String, u64>,
     pub replay: Option<&'a MixComparison>,
+    /// Per `x-request-id`: the request headers its backend received (the
+    /// ones `backend_received` assertions name).
+    pub received: &'a std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 fn bounds_text(min: Option<f64>, max: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
@@ -373,6 +376,21 @@ pub fn evaluate(a: &Assertion, ev: &Evidence) -> AssertionResult {
             let n = served
                 .iter()
                 .filter(|o| o.backend.as_deref() == Some(c.backend.as_str()))
+                .count();
+            share(n, served.len(), c.min, c.max, &mut r);
+        }
+        Assertion::BackendReceived(c) => {
+            let served: Vec<&&Obs> = scoped.iter().filter(|o| o.backend.is_some()).collect();
+            let n = served
+                .iter()
+                .filter(|o| {
+                    let got = o.request_id.as_ref().and_then(|id| ev.received.get(id));
+                    got.is_some_and(|hs| {
+                        hs.iter().any(|(k, v)| {
+                            k == &c.header && c.value.as_ref().is_none_or(|want| want == v)
+                        })
+                    })
+                })
                 .count();
             share(n, served.len(), c.min, c.max, &mut r);
         }
@@ -869,21 +887,40 @@ mod tests {
 
     #[test]
     fn assertions_measure_and_name_what_failed() {
-        let o = vec![
+        let mut o = vec![
             obs(0, 200, Some("a"), 0),
             obs(100, 200, Some("a"), 0),
             obs(200, 200, Some("b"), 0),
             obs(300, 429, None, 1),
             obs(900, 0, None, 1),
         ];
+        for (i, x) in o.iter_mut().enumerate() {
+            x.request_id = Some(format!("r{i}"));
+        }
         let plans = plans();
         let stats = BTreeMap::from([("x.y".to_string(), 3u64)]);
+        // r0 and r1 reached their backend with x-tenant: t1, r2 with t2.
+        let received = std::collections::HashMap::from([
+            (
+                "r0".to_string(),
+                vec![("x-tenant".to_string(), "t1".to_string())],
+            ),
+            (
+                "r1".to_string(),
+                vec![("x-tenant".to_string(), "t1".to_string())],
+            ),
+            (
+                "r2".to_string(),
+                vec![("x-tenant".to_string(), "t2".to_string())],
+            ),
+        ]);
         let ev = Evidence {
             obs: &o,
             flows: &plans,
             log: None,
             stats: &stats,
             replay: None,
+            received: &received,
         };
         let s = Scenario::parse(
             r#"
@@ -900,6 +937,9 @@ assertions:
   - envoy_stat: {stat: x.y, min: 3}
   - replay_mix: {max_deviation: 0.01}
   - latency: {percentile: 50, max_ms: 100, scope: {flow: web}}
+  - backend_received: {header: x-tenant, value: t1, min: 0.6, max: 0.7}
+  - backend_received: {header: x-tenant, min: 1.0}
+  - backend_received: {header: x-other, max: 0.0}
 "#,
         )
         .unwrap();
@@ -916,6 +956,10 @@ assertions:
         assert!(r[3].passed);
         assert!(r[4].skipped && r[4].passed);
         assert!(r[5].passed, "{}", r[5].message);
+        // Of the 3 requests a backend served, 2 arrived with t1, all with
+        // the header, none with x-other.
+        assert_eq!(r[6].measured_text, "0.667 (2 of 3)");
+        assert!(r[6].passed && r[7].passed && r[8].passed, "{r:?}");
         // A scope naming a flow this run lacks (a replay) is skipped.
         let replay_plan = vec![FlowPlan {
             name: "replay".into(),

@@ -416,7 +416,15 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
     pb.set_prefix(s.name.clone());
 
     // Backends, collector, discovery.
-    let set = Arc::new(BackendSet::start_all(s.backends.iter().map(backend_spec)).await?);
+    let received_headers = s.received_headers();
+    let set = Arc::new(
+        BackendSet::start_all(
+            s.backends
+                .iter()
+                .map(|d| backend_spec(d).record_headers(received_headers.clone())),
+        )
+        .await?,
+    );
     let addrs: Vec<BackendAddr> = s
         .backends
         .iter()
@@ -474,7 +482,7 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
                 s.envoy
                     .filters
                     .iter()
-                    .map(|f| f.kind().name())
+                    .map(FilterDef::name)
                     .collect::<Vec<_>>()
                     .join(" → ")
             }
@@ -744,12 +752,19 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
             max_deviation: tol,
         }));
     }
+    let mut received = std::collections::HashMap::new();
+    for d in &s.backends {
+        if let Some(b) = set.get(&d.name) {
+            received.extend(b.received());
+        }
+    }
     let ev = Evidence {
         obs: &obs,
         flows: &plans,
         log: log.as_ref(),
         stats: &all_stats,
         replay: replay_result.as_ref().map(|r| &r.mix),
+        received: &received,
     };
     let verdicts: Vec<_> = assertions
         .iter()

@@ -207,7 +207,8 @@ impl FilterKind {
     }
 }
 
-/// One filter of the chain: `- load_balancer: {config: {...}}`.
+/// One filter of the chain: `- load_balancer: {config: {...}}`, or any
+/// module: `- wasm: {module: path.wasm, config: {...}}`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FilterDef {
@@ -215,15 +216,26 @@ pub enum FilterDef {
     RateLimit(PluginDef),
     LoadBalancer(LoadBalancerDef),
     AccessLog(AccessLogDef),
+    Wasm(WasmDef),
 }
 
 impl FilterDef {
-    pub fn kind(&self) -> FilterKind {
-        match self {
+    /// The built-in filter; `None` for a `wasm` module.
+    pub fn kind(&self) -> Option<FilterKind> {
+        Some(match self {
             FilterDef::DomainRouter(_) => FilterKind::DomainRouter,
             FilterDef::RateLimit(_) => FilterKind::RateLimit,
             FilterDef::LoadBalancer(_) => FilterKind::LoadBalancer,
             FilterDef::AccessLog(_) => FilterKind::AccessLog,
+            FilterDef::Wasm(_) => return None,
+        })
+    }
+    /// The filter's name: the built-in's, or the module's plugin name.
+    pub fn name(&self) -> String {
+        match (self, self.kind()) {
+            (FilterDef::Wasm(w), _) => w.plugin_name(),
+            (_, Some(k)) => k.name().to_string(),
+            (_, None) => String::new(),
         }
     }
     pub fn config(&self) -> &Value {
@@ -231,7 +243,35 @@ impl FilterDef {
             FilterDef::DomainRouter(p) | FilterDef::RateLimit(p) => &p.config,
             FilterDef::LoadBalancer(l) => &l.config,
             FilterDef::AccessLog(a) => &a.config,
+            FilterDef::Wasm(w) => &w.config,
         }
+    }
+}
+
+/// Any Wasm module as its own Envoy Wasm filter, in the chain's order
+/// (e.g. one made with `make new-filter`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmDef {
+    /// The `.wasm` file: relative to the scenario file, else to the
+    /// workspace, or a name in `build/wasm/`.
+    pub module: String,
+    /// Its plugin configuration (sent as JSON).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    /// The plugin name (default: the file name without `.wasm`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl WasmDef {
+    pub fn plugin_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            Path::new(&self.module)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "wasm".into())
+        })
     }
 }
 
@@ -780,6 +820,9 @@ pub enum Assertion {
     Requests(CountCheck),
     /// An Envoy counter or gauge at the end of the run.
     EnvoyStat(StatCheck),
+    /// Share of the backend-served requests whose backend received
+    /// `header` (with `value`, when given): what the filters passed on.
+    BackendReceived(ReceivedCheck),
     /// Replay only: the host/path/status mix against the recording's, as
     /// the largest difference in share.
     ReplayMix(MixCheck),
@@ -791,6 +834,24 @@ pub struct ShareCheck {
     #[serde(default)]
     pub name: Option<String>,
     pub backend: String,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceivedCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A request header name.
+    pub header: String,
+    /// Its exact value; absent: the header is there at all.
+    #[serde(default)]
+    pub value: Option<String>,
     #[serde(default)]
     pub min: Option<f64>,
     #[serde(default)]
@@ -951,6 +1012,7 @@ impl Assertion {
     pub fn kind(&self) -> &'static str {
         match self {
             Assertion::BackendShare(_) => "backend_share",
+            Assertion::BackendReceived(_) => "backend_received",
             Assertion::StatusShare(_) => "status_share",
             Assertion::RatelimitedShare(_) => "ratelimited_share",
             Assertion::Latency(_) => "latency",
@@ -964,6 +1026,7 @@ impl Assertion {
     pub fn scope(&self) -> Option<&Scope> {
         match self {
             Assertion::BackendShare(c) => Some(&c.scope),
+            Assertion::BackendReceived(c) => Some(&c.scope),
             Assertion::StatusShare(c) => Some(&c.scope),
             Assertion::RatelimitedShare(c) => Some(&c.scope),
             Assertion::Latency(c) => Some(&c.scope),
@@ -977,6 +1040,7 @@ impl Assertion {
     fn scope_mut(&mut self) -> Option<&mut Scope> {
         match self {
             Assertion::BackendShare(c) => Some(&mut c.scope),
+            Assertion::BackendReceived(c) => Some(&mut c.scope),
             Assertion::StatusShare(c) => Some(&mut c.scope),
             Assertion::RatelimitedShare(c) => Some(&mut c.scope),
             Assertion::Latency(c) => Some(&mut c.scope),
@@ -990,6 +1054,7 @@ impl Assertion {
     fn given_name(&self) -> Option<&str> {
         match self {
             Assertion::BackendShare(c) => c.name.as_deref(),
+            Assertion::BackendReceived(c) => c.name.as_deref(),
             Assertion::StatusShare(c) => c.name.as_deref(),
             Assertion::RatelimitedShare(c) => c.name.as_deref(),
             Assertion::Latency(c) => c.name.as_deref(),
@@ -1008,6 +1073,10 @@ impl Assertion {
         }
         let subject = match self {
             Assertion::BackendShare(c) => format!("({})", c.backend),
+            Assertion::BackendReceived(c) => match &c.value {
+                Some(v) => format!("({}: {v})", c.header),
+                None => format!("({})", c.header),
+            },
             Assertion::StatusShare(c) => format!("({})", c.status.label()),
             Assertion::RatelimitedShare(c) if c.status != 429 => format!("({})", c.status),
             Assertion::Latency(c) => format!("(p{})", c.percentile),
@@ -1072,9 +1141,20 @@ impl Scenario {
         }
         let mut kinds = BTreeSet::new();
         for (i, f) in self.envoy.filters.iter().enumerate() {
-            let path = format!("envoy.filters[{i}].{}", f.kind().name());
-            if !kinds.insert(f.kind()) {
+            let path = format!(
+                "envoy.filters[{i}].{}",
+                f.kind().map_or("wasm", FilterKind::name)
+            );
+            if let Some(k) = f.kind()
+                && !kinds.insert(k)
+            {
                 bail!("{path}: listed twice");
+            }
+            if let FilterDef::Wasm(w) = f {
+                let module = self.wasm_module(w);
+                if !module.is_file() {
+                    bail!("{path}.module: {} is not a file", module.display());
+                }
             }
             if !f.config().is_object() {
                 bail!("{path}.config: must be a mapping");
@@ -1249,6 +1329,16 @@ impl Scenario {
                 share(c.min, c.max)?;
             }
             Assertion::StatusShare(c) => share(c.min, c.max)?,
+            Assertion::BackendReceived(c) => {
+                let valid = !c.header.is_empty()
+                    && c.header
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid {
+                    bail!("{path}.header: must be a lowercase header name");
+                }
+                share(c.min, c.max)?;
+            }
             Assertion::RatelimitedShare(c) => share(c.min, c.max)?,
             Assertion::Latency(c) => {
                 if !(0.0..=100.0).contains(&c.percentile) {
@@ -1263,7 +1353,7 @@ impl Scenario {
                     .envoy
                     .filters
                     .iter()
-                    .any(|f| f.kind() == FilterKind::AccessLog);
+                    .any(|f| f.kind() == Some(FilterKind::AccessLog));
                 if !sink {
                     bail!("{path}: needs the access_log filter in envoy.filters");
                 }
@@ -1395,7 +1485,43 @@ impl Scenario {
     }
 
     pub fn filter(&self, kind: FilterKind) -> Option<&FilterDef> {
-        self.envoy.filters.iter().find(|f| f.kind() == kind)
+        self.envoy.filters.iter().find(|f| f.kind() == Some(kind))
+    }
+
+    /// The request headers `backend_received` assertions look at: every
+    /// backend keeps them per request.
+    pub fn received_headers(&self) -> Vec<String> {
+        let mut h: Vec<String> = self
+            .assertions
+            .iter()
+            .filter_map(|a| match a {
+                Assertion::BackendReceived(c) => Some(c.header.clone()),
+                _ => None,
+            })
+            .collect();
+        h.sort();
+        h.dedup();
+        h
+    }
+
+    /// Where a `wasm` filter's module is: relative to the scenario file,
+    /// else to the workspace, else a name in `build/wasm/`.
+    pub fn wasm_module(&self, w: &WasmDef) -> PathBuf {
+        let p = PathBuf::from(&w.module);
+        if p.is_absolute() {
+            return p;
+        }
+        let mut candidates = Vec::new();
+        if let Some(dir) = self.source.as_ref().and_then(|f| f.parent()) {
+            candidates.push(dir.join(&p));
+        }
+        candidates.push(crate::paths::workspace_root().join(&p));
+        candidates.push(crate::paths::wasm_dir().join(&p));
+        candidates
+            .iter()
+            .find(|c| c.is_file())
+            .cloned()
+            .unwrap_or_else(|| candidates.last().cloned().unwrap_or(p))
     }
 }
 
