@@ -24,7 +24,7 @@
 use crate::backend::{Backend, BackendSpec, OrcaFormat};
 use crate::bench::{BASE, ENDPOINTS, Role, Variant, median_f, start_variant, wasm_filter};
 use crate::envoy::Envoy;
-use crate::scenario::html::{Line, PALETTE, YAxis, chart, esc};
+use crate::scenario::html::{Line, Mark, PALETTE, Style, YAxis, chart, esc};
 use crate::traffic::{Load, RequestSpec, Sample, Traffic, TrafficReport};
 use anyhow::Result;
 use serde::Serialize;
@@ -783,6 +783,7 @@ pub fn html(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Result<
             YAxis::Plain,
             &lines,
             &events,
+            Style::Lines,
         )?);
         if let Some(r) = row
             .iter()
@@ -820,6 +821,7 @@ pub fn html(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Result<
                 YAxis::Percent,
                 &lines,
                 &events,
+                Style::Lines,
             )?);
         }
     }
@@ -827,21 +829,26 @@ pub fn html(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Result<
 }
 
 /// Marks of a scenario's events, seconds from the measurement's start.
-fn events(scenario: Scenario, cfg: &MatrixConfig) -> Vec<(f64, String)> {
+fn events(scenario: Scenario, cfg: &MatrixConfig) -> Vec<Mark> {
+    let mark = |t: f64, label: &str| Mark {
+        t,
+        label: label.to_string(),
+        traffic: false,
+    };
     match scenario {
         Scenario::Antagonist => (1..cfg.antagonist_moves)
             .map(|k| {
-                (
+                mark(
                     cfg.antagonist_period.as_secs_f64() * k as f64,
-                    "antagonist moves".to_string(),
+                    "antagonist moves",
                 )
             })
             .collect(),
         Scenario::Crash => vec![
-            (cfg.crash_after.as_secs_f64(), "x1 crashes".into()),
-            (
+            mark(cfg.crash_after.as_secs_f64(), "x1 crashes"),
+            mark(
                 (cfg.crash_after + cfg.crash_for).as_secs_f64(),
-                "x1 recovers".into(),
+                "x1 recovers",
             ),
         ],
         _ => Vec::new(),

@@ -124,6 +124,10 @@ async fn a_failing_assertion_exits_non_zero_and_names_it() {
     assert_eq!(result["assertions"][1]["measured"], 1.0);
     let html = std::fs::read_to_string(out_dir.join("report.html")).expect("report.html");
     assert!(html.contains("FAILED") && html.contains("only gets at most half"));
+    // Shares stacked per cluster, latency per flow, hover values.
+    assert!(html.contains("(stacked)"), "stacked shares");
+    assert!(html.contains("Flow "), "a latency chart per flow");
+    assert!(html.contains("<title>"), "hover titles");
     // JUnit XML as a CI system reads it: one test case per assertion, the
     // failed one a failure with the assertion's message.
     let junit = std::fs::read(out_dir.join("junit.xml")).expect("junit.xml");

@@ -1,8 +1,10 @@
 //! The HTML report: one self-contained page with the verdict, the tables
-//! and SVG charts drawn by `plotters` (per-backend share, latency
-//! percentiles, statuses and 429s, reported utilization, in-flight
-//! requests and the load balancer's weights, all over time, with the
-//! backend events marked).
+//! and SVG charts drawn by `plotters`, all over time: per-backend shares
+//! stacked per cluster, latency per flow, statuses and 429s, reported
+//! utilization, in-flight requests and the load balancer's weights. Every
+//! chart marks the backend events and the traffic's flow starts, stops and
+//! phase boundaries, keeps its legend beside the plot, and gives each
+//! point a hover title with its value.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,7 +39,27 @@ pub(crate) enum YAxis {
     Plain,
 }
 
-/// A line chart as an SVG string: `events` are vertical marks (time, label).
+/// A vertical mark on a chart's time axis.
+pub(crate) struct Mark {
+    pub(crate) t: f64,
+    pub(crate) label: String,
+    /// Traffic (flow start/stop, phase boundary: blue dots) rather than a
+    /// backend event (grey dashes).
+    pub(crate) traffic: bool,
+}
+
+/// How a chart draws its lines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    Lines,
+    /// Stacked areas (shares that add up to 1).
+    Stacked,
+}
+
+/// A chart as an SVG string: the plot on the left, the legend in its own
+/// column on the right (never over the data), vertical `marks`, and a
+/// hover title on every point (`<title>`: series, time, value).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn chart(
     title: &str,
     y_desc: &str,
@@ -45,31 +67,70 @@ pub(crate) fn chart(
     y_max: f64,
     axis: YAxis,
     lines: &[Line],
-    events: &[(f64, String)],
+    marks: &[Mark],
+    style: Style,
 ) -> Result<String> {
     let mut svg = String::new();
+    let mut hover: Vec<(i32, i32, String)> = Vec::new();
+    let y_max = if y_max.is_finite() && y_max > 0.0 {
+        y_max
+    } else {
+        1.0
+    };
+    let fmt_y = move |v: &f64| match axis {
+        YAxis::Percent => format!("{:.0}%", v * 100.0),
+        YAxis::Plain if y_max < 2.0 => format!("{v:.2}"),
+        YAxis::Plain if y_max < 20.0 => format!("{v:.1}"),
+        YAxis::Plain => format!("{v:.0}"),
+    };
+    // Stacked: each line becomes the running sum of the lines up to it.
+    let drawn: Vec<Line> = match style {
+        Style::Lines => lines
+            .iter()
+            .map(|l| Line {
+                name: l.name.clone(),
+                color: l.color,
+                points: l.points.clone(),
+            })
+            .collect(),
+        Style::Stacked => {
+            let mut below: Vec<f64> = Vec::new();
+            lines
+                .iter()
+                .map(|l| {
+                    below.resize(l.points.len(), 0.0);
+                    let points = l
+                        .points
+                        .iter()
+                        .zip(below.iter_mut())
+                        .map(|(p, b)| {
+                            p.map(|(t, y)| {
+                                *b += y;
+                                (t, *b)
+                            })
+                        })
+                        .collect();
+                    Line {
+                        name: l.name.clone(),
+                        color: l.color,
+                        points,
+                    }
+                })
+                .collect()
+        }
+    };
     {
         let root = SVGBackend::with_string(&mut svg, (1080, 330)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let y_max = if y_max.is_finite() && y_max > 0.0 {
-            y_max
-        } else {
-            1.0
-        };
+        let (plot, legend) = root.split_horizontally(860);
         let x_max = if x_max > 0.0 { x_max } else { 1.0 };
-        let mut c = ChartBuilder::on(&root)
+        let mut c = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(38)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
             .map_err(|e| anyhow!("{e}"))?;
-        let fmt_y = move |v: &f64| match axis {
-            YAxis::Percent => format!("{:.0}%", v * 100.0),
-            YAxis::Plain if y_max < 2.0 => format!("{v:.2}"),
-            YAxis::Plain if y_max < 20.0 => format!("{v:.1}"),
-            YAxis::Plain => format!("{v:.0}"),
-        };
         c.configure_mesh()
             .x_desc("time (s)")
             .y_desc(y_desc)
@@ -78,23 +139,37 @@ pub(crate) fn chart(
             .light_line_style(RGBColor(238, 238, 238))
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
-        for (t, label) in events {
-            let grey = RGBColor(90, 90, 90);
+        // Stacked areas from the top layer down, so each lower one shows.
+        if style == Style::Stacked {
+            for l in drawn.iter().rev() {
+                let pts: Vec<(f64, f64)> = l.points.iter().flatten().copied().collect();
+                c.draw_series(AreaSeries::new(pts, 0.0, l.color.mix(0.75)))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        for (i, m) in marks.iter().enumerate() {
+            let (color, dash) = if m.traffic {
+                (RGBColor(31, 90, 180), (2, 4))
+            } else {
+                (RGBColor(90, 90, 90), (6, 4))
+            };
             c.draw_series(DashedLineSeries::new(
-                vec![(*t, 0.0), (*t, y_max)],
-                6,
-                4,
-                grey.stroke_width(1),
+                vec![(m.t, 0.0), (m.t, y_max)],
+                dash.0,
+                dash.1,
+                color.stroke_width(1),
             ))
             .map_err(|e| anyhow!("{e}"))?;
+            // Labels step down so neighbours do not overwrite each other.
+            let y = y_max * (0.97 - 0.07 * (i % 4) as f64);
             c.draw_series(std::iter::once(Text::new(
-                format!(" {label}"),
-                (*t, y_max * 0.98),
-                ("sans-serif", 12).into_font().color(&grey),
+                format!(" {}", m.label),
+                (m.t, y),
+                ("sans-serif", 11).into_font().color(&color),
             )))
             .map_err(|e| anyhow!("{e}"))?;
         }
-        for l in lines {
+        for l in &drawn {
             let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
             for p in &l.points {
                 match p {
@@ -106,35 +181,53 @@ pub(crate) fn chart(
                     _ => runs.push(Vec::new()),
                 }
             }
-            let mut labelled = false;
             for run in runs.into_iter().filter(|r| !r.is_empty()) {
-                let color = l.color;
-                let style = color.stroke_width(2);
-                let anno = if run.len() == 1 {
-                    c.draw_series(std::iter::once(Circle::new(run[0], 2, style.filled())))
-                        .map_err(|e| anyhow!("{e}"))?
+                let stroke = l
+                    .color
+                    .stroke_width(if style == Style::Stacked { 1 } else { 2 });
+                if run.len() == 1 {
+                    c.draw_series(std::iter::once(Circle::new(run[0], 2, stroke.filled())))
+                        .map_err(|e| anyhow!("{e}"))?;
                 } else {
-                    c.draw_series(LineSeries::new(run, style))
-                        .map_err(|e| anyhow!("{e}"))?
-                };
-                if !labelled {
-                    anno.label(l.name.clone()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                    });
-                    labelled = true;
+                    c.draw_series(LineSeries::new(run, stroke))
+                        .map_err(|e| anyhow!("{e}"))?;
                 }
             }
         }
-        if !lines.is_empty() {
-            c.configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .label_font(("sans-serif", 13))
-                .draw()
+        // Hover titles: the value of each series at each point (stacked:
+        // the series' own value, not the running sum).
+        for (l, own) in drawn.iter().zip(lines) {
+            for (p, o) in l.points.iter().zip(&own.points).take(2000) {
+                if let (Some((t, y)), Some((_, v))) = (p, o) {
+                    let (px, py) = c.backend_coord(&(*t, *y));
+                    hover.push((px, py, format!("{} at {t:.1} s: {}", l.name, fmt_y(v))));
+                }
+            }
+        }
+        for (i, l) in drawn.iter().enumerate() {
+            let y = 40 + 20 * i as i32;
+            legend
+                .draw(&PathElement::new(
+                    vec![(8, y), (28, y)],
+                    l.color.stroke_width(4),
+                ))
+                .map_err(|e| anyhow!("{e}"))?;
+            legend
+                .draw(&Text::new(l.name.clone(), (34, y - 7), ("sans-serif", 13)))
                 .map_err(|e| anyhow!("{e}"))?;
         }
         root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    let mut titles = String::new();
+    for (x, y, text) in hover {
+        let _ = write!(
+            titles,
+            "<circle cx=\"{x}\" cy=\"{y}\" r=\"5\" fill=\"#000\" fill-opacity=\"0\"><title>{}</title></circle>",
+            esc(&text)
+        );
+    }
+    if let Some(at) = svg.rfind("</svg>") {
+        svg.insert_str(at, &titles);
     }
     Ok(svg)
 }
@@ -188,11 +281,22 @@ fn status_color(class: &str) -> RGBColor {
 pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
     let s = &r.series;
     let x_max = s.t.last().map_or(1.0, |t| t + s.bucket_s / 2.0);
-    let events: Vec<(f64, String)> = r
+    // Backend events and the traffic's own marks (flows, phases).
+    let mut marks: Vec<Mark> = r
         .events
         .iter()
-        .map(|e| (e.at_s, format!("{}: {}", e.backend, e.action)))
+        .map(|e| Mark {
+            t: e.at_s,
+            label: format!("{}: {}", e.backend, e.action),
+            traffic: false,
+        })
+        .chain(s.marks.iter().map(|(t, label)| Mark {
+            t: *t,
+            label: label.clone(),
+            traffic: true,
+        }))
         .collect();
+    marks.sort_by(|a, b| a.t.total_cmp(&b.t));
     let color_of = |name: &str| {
         let i = r
             .backends
@@ -219,61 +323,75 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
     };
     let mut out = Vec::new();
 
-    let lines: Vec<Line> = s
-        .share
-        .iter()
-        .map(|(b, v)| Line {
-            name: b.clone(),
-            color: color_of(b),
-            points: over_t(v),
-        })
-        .collect();
-    out.push((
-        "Per-backend share over time".to_string(),
-        chart(
-            "Per-backend share of its cluster's responses",
-            "share",
-            x_max,
-            1.0,
-            YAxis::Percent,
-            &lines,
-            &events,
-        )?,
-    ));
+    // Shares: stacked per cluster (they add up to 100% of the cluster).
+    let mut clusters: Vec<&str> = Vec::new();
+    for b in &r.backends {
+        if s.share.contains_key(&b.name) && !clusters.contains(&b.cluster.as_str()) {
+            clusters.push(&b.cluster);
+        }
+    }
+    for cluster in clusters {
+        let lines: Vec<Line> = r
+            .backends
+            .iter()
+            .filter(|b| b.cluster == cluster)
+            .filter_map(|b| {
+                s.share.get(&b.name).map(|v| Line {
+                    name: b.name.clone(),
+                    color: color_of(&b.name),
+                    points: over_t(v),
+                })
+            })
+            .collect();
+        out.push((
+            format!("Shares of cluster {cluster} over time"),
+            chart(
+                &format!("Share of cluster {cluster}'s responses per backend (stacked)"),
+                "share of the cluster",
+                x_max,
+                1.0,
+                YAxis::Percent,
+                &lines,
+                &marks,
+                Style::Stacked,
+            )?,
+        ));
+    }
 
     let lat_colors = [
         ("p50", RGBColor(44, 160, 44)),
-        ("p90", RGBColor(31, 119, 180)),
         ("p99", RGBColor(214, 39, 40)),
     ];
-    let lines: Vec<Line> = lat_colors
-        .iter()
-        .filter_map(|(p, color)| {
-            s.latency_ms.get(*p).map(|v| Line {
-                name: (*p).to_string(),
-                color: *color,
-                points: over_t(v),
+    for (flow, per) in &s.flow_latency_ms {
+        let lines: Vec<Line> = lat_colors
+            .iter()
+            .filter_map(|(p, color)| {
+                per.get(*p).map(|v| Line {
+                    name: (*p).to_string(),
+                    color: *color,
+                    points: over_t(v),
+                })
             })
-        })
-        .collect();
-    let y = s
-        .latency_ms
-        .values()
-        .flatten()
-        .flatten()
-        .fold(0.0f64, |a, b| a.max(*b));
-    out.push((
-        "Latency percentiles over time".to_string(),
-        chart(
-            "Client latency percentiles (ms)",
-            "ms",
-            x_max,
-            y * 1.1,
-            YAxis::Plain,
-            &lines,
-            &events,
-        )?,
-    ));
+            .collect();
+        let y = per
+            .values()
+            .flatten()
+            .flatten()
+            .fold(0.0f64, |a, b| a.max(*b));
+        out.push((
+            format!("Latency of flow {flow}"),
+            chart(
+                &format!("Flow {flow}: client latency p50 and p99 (ms)"),
+                "latency (ms)",
+                x_max,
+                y * 1.1,
+                YAxis::Plain,
+                &lines,
+                &marks,
+                Style::Lines,
+            )?,
+        ));
+    }
 
     let lines: Vec<Line> = ["2xx", "3xx", "429", "4xx", "5xx", "error"]
         .iter()
@@ -307,7 +425,8 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
             y * 1.1,
             YAxis::Plain,
             &lines,
-            &events,
+            &marks,
+            Style::Lines,
         )?,
     ));
 
@@ -316,12 +435,13 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
         "Reported utilization per backend".to_string(),
         chart(
             "Utilization each backend reports (ORCA), mean per bucket",
-            "utilization",
+            "utilization (1 = busy)",
             x_max,
             (y * 1.1).max(0.1),
             YAxis::Plain,
             &lines,
-            &events,
+            &marks,
+            Style::Lines,
         )?,
     ));
 
@@ -335,7 +455,8 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
             (y * 1.1).max(1.0),
             YAxis::Plain,
             &lines,
-            &events,
+            &marks,
+            Style::Lines,
         )?,
     ));
 
@@ -344,13 +465,14 @@ pub fn charts(r: &RunResult) -> Result<Vec<(String, String)>> {
         out.push((
             "Load-balancer weights".to_string(),
             chart(
-                "Load balancer weights per endpoint (from the reports, gRFC A58)",
-                "weight",
+                "Load balancer weights per endpoint (gRFC A58: qps / utilization)",
+                "weight (req/s per unit of utilization)",
                 x_max,
                 (y * 1.1).max(0.1),
                 YAxis::Plain,
                 &lines,
-                &events,
+                &marks,
+                Style::Lines,
             )?,
         ));
     }
@@ -471,15 +593,21 @@ pub fn render(r: &RunResult) -> Result<String> {
     totals_row(&mut h, "all", "", &r.totals);
     h.push_str("</table>\n");
 
-    h.push_str("<h2>Backends</h2>\n<table><tr><th>backend</th><th>cluster</th><th>capacity</th><th>latency</th><th>share</th><th>served</th><th>503s</th><th>max in flight</th><th>mean reported util</th></tr>\n");
+    h.push_str("<h2>Backends</h2>\n<table><tr><th>backend</th><th>cluster</th><th>capacity</th><th>latency</th><th>latency after events</th><th>share of its cluster</th><th>served</th><th>503s</th><th>max in flight</th><th>mean reported util</th></tr>\n");
     for b in &r.backends {
+        let after = if b.latency_after.is_empty() {
+            "-".to_string()
+        } else {
+            b.latency_after.join("; ")
+        };
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&b.name),
             esc(&b.cluster),
             b.capacity.map_or("∞".into(), |c| c.to_string()),
             esc(&b.latency),
+            esc(&after),
             b.share * 100.0,
             b.requests,
             b.errors,

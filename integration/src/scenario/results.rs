@@ -119,7 +119,10 @@ pub struct BackendResult {
     pub cluster: String,
     pub capacity: Option<usize>,
     pub latency: String,
-    /// Share of backend-served responses (client view).
+    /// The latency in effect after each event that changed it:
+    /// `"25.0 s: fixed 40 ms"`.
+    pub latency_after: Vec<String>,
+    /// Share of its cluster's backend-served responses (client view).
     pub share: f64,
     /// Requests the backend answered (its own count).
     pub requests: u64,
@@ -170,6 +173,11 @@ pub struct Series {
     /// `None` in a bucket without any.
     pub share: BTreeMap<String, Vec<Option<f64>>>,
     pub latency_ms: BTreeMap<String, Vec<Option<f64>>>,
+    /// Per flow: p50 and p99 latency (ms) per bucket, so a flow of 5 ms
+    /// API calls is not hidden by one of 50 ms pages.
+    pub flow_latency_ms: BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>>,
+    /// Traffic marks (s, label): flow starts and stops, phase boundaries.
+    pub marks: Vec<(f64, String)>,
     /// Responses per second by class: 2xx, 3xx, 429, 4xx (other), 5xx, error.
     pub status_rps: BTreeMap<String, Vec<f64>>,
     /// (t, utilization it reports) per backend, sampled and averaged per
@@ -503,6 +511,7 @@ pub fn series(
     end: Duration,
     bucket: Duration,
     cluster_of: &BTreeMap<String, String>,
+    flows: &[String],
 ) -> Series {
     let w = bucket.as_secs_f64().max(0.01);
     let n = ((end.as_secs_f64() / w).ceil() as usize).max(1);
@@ -515,6 +524,7 @@ pub fn series(
     let mut served: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     let cluster = |b: &str| cluster_of.get(b).map_or("", String::as_str);
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    let mut flow_lat: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); n]; flows.len()];
     for class in ["2xx", "429", "4xx", "5xx", "error"] {
         s.status_rps.insert(class.into(), vec![0.0; n]);
     }
@@ -544,6 +554,9 @@ pub fn series(
         }
         if o.status != 0 {
             lat[i].push(o.latency);
+            if let Some(f) = flow_lat.get_mut(o.flow) {
+                f[i].push(o.latency);
+            }
         }
     }
     let backends_per_cluster = |c: &str| {
@@ -576,6 +589,22 @@ pub fn series(
             })
             .collect();
         s.latency_ms.insert(name.into(), v);
+    }
+    for (name, mut buckets) in flows.iter().zip(flow_lat) {
+        let per: BTreeMap<String, Vec<Option<f64>>> = [("p50", 50.0), ("p99", 99.0)]
+            .iter()
+            .map(|(p, q)| {
+                let v = buckets
+                    .iter_mut()
+                    .map(|l| {
+                        l.sort_unstable();
+                        (!l.is_empty()).then(|| percentile_ms(l, *q))
+                    })
+                    .collect();
+                ((*p).to_string(), v)
+            })
+            .collect();
+        s.flow_latency_ms.insert(name.clone(), per);
     }
     s
 }
@@ -980,7 +1009,7 @@ assertions:
             obs(50, 200, Some("b"), 0),
             obs(150, 429, None, 0),
             obs(160, 200, Some("a"), 0),
-            obs(170, 200, Some("solo"), 0),
+            obs(170, 200, Some("solo"), 1),
         ];
         let clusters = BTreeMap::from([
             ("a".to_string(), "c1".to_string()),
@@ -992,8 +1021,13 @@ assertions:
             Duration::from_millis(200),
             Duration::from_millis(100),
             &clusters,
+            &["web".to_string(), "api".to_string()],
         );
         assert_eq!(s.t.len(), 2);
+        // Latency per flow: flow 1 only had its one request, in bucket 2.
+        assert_eq!(s.flow_latency_ms["api"]["p50"][0], None);
+        assert!(s.flow_latency_ms["api"]["p50"][1].is_some());
+        assert!(s.flow_latency_ms["web"]["p99"][0].is_some());
         assert_eq!(s.share["a"], vec![Some(0.5), Some(1.0)]);
         assert_eq!(s.share["b"], vec![Some(0.5), Some(0.0)]);
         assert!(!s.share.contains_key("solo"));

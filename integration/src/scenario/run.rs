@@ -215,6 +215,52 @@ fn replay_plan(input: &ReplayInput) -> Result<ReplayPlan> {
     })
 }
 
+/// The latency a backend's events put in effect, in time order:
+/// `"25.0 s: slow down ×4 (fixed 40 ms)"`, `"40.0 s: recover"`.
+fn latency_after(d: &BackendDef) -> Vec<String> {
+    d.events
+        .iter()
+        .filter_map(|e| {
+            let a = e.action()?;
+            match a {
+                Action::SlowDown(_) | Action::Recover => Some(format!(
+                    "{:.1} s: {}",
+                    e.at.0.as_secs_f64(),
+                    match a {
+                        Action::Recover => d.latency.describe(),
+                        _ => a.describe(&d.latency),
+                    }
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Chart marks for the traffic: each flow's start and stop (when not the
+/// run's), and its phase boundaries.
+fn traffic_marks(plans: &[FlowPlan], end: Duration) -> Vec<(f64, String)> {
+    let mut marks = Vec::new();
+    for f in plans {
+        for (i, p) in f.phases.iter().enumerate() {
+            let t = p.start.as_secs_f64();
+            if i == 0 {
+                if t > 0.0 {
+                    marks.push((t, format!("{} starts", f.name)));
+                }
+            } else {
+                marks.push((t, format!("{}: {}", f.name, p.name)));
+            }
+        }
+        let stop = f.end();
+        if stop + Duration::from_millis(50) < end {
+            marks.push((stop.as_secs_f64(), format!("{} stops", f.name)));
+        }
+    }
+    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    marks
+}
+
 fn backend_spec(d: &BackendDef) -> BackendSpec {
     let mut b = BackendSpec::new(d.name.clone())
         .latency(d.latency.to_latency())
@@ -706,7 +752,14 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
     let samples = std::mem::take(&mut *lock(&samples));
     let events = std::mem::take(&mut *lock(&events));
     let totals = Totals::of(obs.iter(), end);
-    let served: u64 = totals.by_backend.values().sum();
+    // Shares per cluster, as the charts show them.
+    let served_in = |cluster: &str| -> u64 {
+        s.backends
+            .iter()
+            .filter(|b| b.cluster == cluster)
+            .map(|b| totals.by_backend.get(&b.name).copied().unwrap_or(0))
+            .sum()
+    };
     let backends: Vec<BackendResult> = s
         .backends
         .iter()
@@ -721,8 +774,9 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
                 cluster: d.cluster.clone(),
                 capacity: d.capacity,
                 latency: d.latency.describe(),
+                latency_after: latency_after(d),
                 share: totals.by_backend.get(&d.name).copied().unwrap_or(0) as f64
-                    / served.max(1) as f64,
+                    / served_in(&d.cluster).max(1) as f64,
                 requests: st.requests,
                 errors: st.errors,
                 max_in_flight: st.max_in_flight,
@@ -794,7 +848,15 @@ pub async fn run(scenario: &Scenario, opts: RunOptions) -> Result<RunOutcome> {
         .iter()
         .map(|b| (b.name.clone(), b.cluster.clone()))
         .collect();
-    let mut series = results::series(&obs, end, results::bucket_for(&s, end), &cluster_of);
+    let flow_names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    let mut series = results::series(
+        &obs,
+        end,
+        results::bucket_for(&s, end),
+        &cluster_of,
+        &flow_names,
+    );
+    series.marks = traffic_marks(&plans, end);
     let w = series.bucket_s;
     let smooth = |m: BTreeMap<String, Vec<[f64; 2]>>| {
         m.into_iter()
