@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat try package new-filter sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat try package harness-image new-filter sweep clean
 
 all: build
 
@@ -80,6 +80,10 @@ try: setup build
 	@[ -n "$(CONFIG)" ] || { echo "usage: make try CONFIG=<file in envoy-configs/ without .yaml>"; exit 2; }
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	target/harness/switchyard-harness try $(CONFIG)
+
+## harness-image: the harness, Envoy and the modules in a FROM-scratch image (switchyard-harness:<version>) for a user's CI.
+harness-image: setup build
+	@scripts/harness-image.sh
 
 ## package: every module with its sha256, an OCI image and Istio / Envoy Gateway manifests (build/package/).
 package: setup build
