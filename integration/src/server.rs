@@ -59,16 +59,12 @@ pub async fn serve<H, Fut, B>(
                         });
                         // Errors here are clients going away; nothing to do.
                         match protocol {
-                            Protocol::Http1 => serve_http1(TokioIo::new(stream), svc).await,
-                            Protocol::Http2 => serve_http2(TokioIo::new(stream), svc).await,
+                            Protocol::Http1 => serve_conn(TokioIo::new(stream), svc, false).await,
+                            Protocol::Http2 => serve_conn(TokioIo::new(stream), svc, true).await,
                             Protocol::Tls(acceptor) => {
                                 let Ok(tls) = acceptor.accept(stream).await else { return };
                                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                                if h2 {
-                                    serve_http2(TokioIo::new(tls), svc).await;
-                                } else {
-                                    serve_http1(TokioIo::new(tls), svc).await;
-                                }
+                                serve_conn(TokioIo::new(tls), svc, h2).await;
                             }
                         }
                     });
@@ -82,7 +78,8 @@ pub async fn serve<H, Fut, B>(
     }
 }
 
-async fn serve_http1<I, S, B>(io: I, svc: S)
+/// Serves one connection: HTTP/2 when `h2`, else HTTP/1.1 with keep-alive.
+async fn serve_conn<I, S, B>(io: I, svc: S, h2: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
@@ -92,26 +89,17 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = http1::Builder::new()
-        .keep_alive(true)
-        .max_buf_size(256 * 1024)
-        .serve_connection(io, svc)
-        .await;
-}
-
-async fn serve_http2<I, S, B>(io: I, svc: S)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let _ = http2::Builder::new(TokioExecutor::new())
-        .serve_connection(io, svc)
-        .await;
+    let _ = if h2 {
+        http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        http1::Builder::new()
+            .keep_alive(true)
+            .max_buf_size(256 * 1024)
+            .serve_connection(io, svc)
+            .await
+    };
 }
 
 /// The body of a gRPC response: the framed message, then trailers.
