@@ -73,11 +73,21 @@ impl Runtime {
     }
 
     /// The binary from `SWITCHYARD_ENVOY_BINARY`, else the one the set-up
-    /// installed (`build/envoy-path`).
+    /// installed (`build/envoy-path`), else `envoy` on the `PATH` (an
+    /// installed harness outside a checkout, e.g. in a user's CI).
     pub fn native() -> Result<Runtime> {
         let binary = match std::env::var_os("SWITCHYARD_ENVOY_BINARY") {
             Some(b) => PathBuf::from(b),
-            None => PathBuf::from(paths::setup_record("envoy-path")?),
+            None => match paths::setup_record("envoy-path") {
+                Ok(p) => PathBuf::from(p),
+                Err(e) => std::env::var_os("PATH")
+                    .and_then(|path| {
+                        std::env::split_paths(&path)
+                            .map(|d| d.join("envoy"))
+                            .find(|c| c.is_file())
+                    })
+                    .ok_or(e)?,
+            },
         };
         if !binary.is_file() {
             bail!("no Envoy binary at {}", binary.display());

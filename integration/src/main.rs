@@ -155,7 +155,7 @@ enum Command {
 
 #[derive(clap::Args, Clone, Debug)]
 struct Common {
-    /// Where result.json, report.html and records.jsonl go (default:
+    /// Where result.json, report.html, junit.xml and records.jsonl go (default:
     /// integration/out/<scenario>-<mode>-<time>/).
     #[arg(long)]
     out: Option<PathBuf>,
