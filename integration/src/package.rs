@@ -190,15 +190,8 @@ pub fn example_configs(dir: &Path) -> Result<BTreeMap<String, (String, String)>>
             _ => {}
         }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
     let mut out = BTreeMap::new();
-    for f in files {
+    for f in crate::paths::files_with_extension(dir, &["yaml"])? {
         let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&f)?)
             .with_context(|| format!("parsing {}", f.display()))?;
         walk(&doc, &mut out);
@@ -267,17 +260,14 @@ pub fn package_all(
     version: &str,
 ) -> Result<Vec<Packaged>> {
     let configs = example_configs(examples)?;
-    let mut modules: Vec<PathBuf> = std::fs::read_dir(wasm_dir)
-        .with_context(|| format!("reading {} (run make build)", wasm_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+    let modules: Vec<PathBuf> = crate::paths::files_with_extension(wasm_dir, &["wasm"])
+        .context("run make build")?
+        .into_iter()
         .filter(|p| {
             !p.file_stem()
                 .is_some_and(|s| s.to_string_lossy().contains("fixture"))
         })
         .collect();
-    modules.sort();
     if modules.is_empty() {
         bail!("no modules in {} (run make build)", wasm_dir.display());
     }

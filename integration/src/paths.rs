@@ -30,6 +30,23 @@ pub fn wasm_dir() -> PathBuf {
     }
 }
 
+/// The files of `dir` (not below it) whose extension is one of `exts`
+/// (without the dot), sorted by path. Errors: `dir` unreadable.
+pub fn files_with_extension(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| exts.contains(&x))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// The shipped module of crate `crate_name` (dashes or underscores).
 pub fn wasm_module(crate_name: &str) -> Result<PathBuf> {
     let path = wasm_dir().join(format!("{}.wasm", crate_name.replace('-', "_")));

@@ -42,10 +42,5 @@ pub fn scenarios_dir() -> PathBuf {
 
 /// Every `*.yaml` file in [`scenarios_dir`], sorted.
 pub fn all_scenario_files() -> anyhow::Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    v.sort();
-    Ok(v)
+    crate::paths::files_with_extension(&scenarios_dir(), &["yaml", "yml"])
 }

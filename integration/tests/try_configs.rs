@@ -13,13 +13,7 @@ use switchyard_integration::{paths, try_config};
 async fn every_config_does_what_its_try_lines_say() {
     paths::wasm_module("switchyard").expect("module built (make build)");
     let root = paths::workspace_root();
-    let mut files: Vec<_> = std::fs::read_dir(root.join("envoy-configs"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
+    let files = paths::files_with_extension(&root.join("envoy-configs"), &["yaml"]).unwrap();
     let mut failures = Vec::new();
     for f in &files {
         let yaml = std::fs::read_to_string(f).unwrap();

@@ -65,9 +65,9 @@ pub struct AccessLog {
 struct ExchangeSource<'e>(&'e mut Exchange);
 
 impl ExchangeSource<'_> {
-    /// Whether `attr` would come from a property read: the shortcuts of
-    /// [`Source::text`] and [`Source::number`] below take the rest from the
-    /// clock, the response map or a decision.
+    /// Whether `attr` comes from a property read; `false` where
+    /// [`Self::shortcut`] has it without one. The one place that decides,
+    /// for the reads and for [`Self::prefetch`].
     fn read_as_property(&mut self, attr: Attr) -> bool {
         match attr {
             Attr::UpstreamCluster => self.0.decisions.cluster.is_none(),
@@ -76,6 +76,30 @@ impl ExchangeSource<'_> {
             Attr::StartTime => self.0.request_phase_clock().is_none(),
             Attr::BytesReceived => !self.0.request_ended_with_headers(),
             _ => true,
+        }
+    }
+
+    /// An integer attribute without a property read (when
+    /// [`Self::read_as_property`] says so).
+    fn shortcut(&mut self, attr: Attr) -> Option<u64> {
+        match attr {
+            // The final response map's `:status` is `response.code` (the
+            // map is read anyway for the record), one crossing pair less.
+            Attr::ResponseCode => self.status(),
+            // At `on_log` the last byte is out: now − `request.time` is
+            // Envoy's total duration, for one clock read instead of a
+            // property.
+            Attr::Duration => {
+                let start = self.number(Attr::StartTime)?;
+                Some(self.0.now_nanos().saturating_sub(start))
+            }
+            // A stage read the clock as the request headers arrived (the
+            // rate limit does): that is the start, within microseconds of
+            // Envoy's `request.time`, without a property read.
+            Attr::StartTime => self.0.request_phase_clock(),
+            // A request that ended with its headers has no body.
+            Attr::BytesReceived => Some(0),
+            _ => None,
         }
     }
 
@@ -111,40 +135,18 @@ impl Source for ExchangeSource<'_> {
     fn text(&mut self, attr: Attr) -> Option<&[u8]> {
         // The router stage's cluster is Envoy's (a `cluster_header` route):
         // no property read when it ran.
-        if attr == Attr::UpstreamCluster && self.0.decisions.cluster.is_some() {
-            return self.0.decisions.cluster.as_deref().map(str::as_bytes);
+        if !self.read_as_property(attr) {
+            return match attr {
+                Attr::UpstreamCluster => self.0.decisions.cluster.as_deref().map(str::as_bytes),
+                _ => None,
+            };
         }
         self.0.property(attr.path())
     }
 
     fn number(&mut self, attr: Attr) -> Option<u64> {
-        match attr {
-            // The final response map's `:status` is `response.code` (the
-            // map is read anyway for the record), one crossing pair less.
-            Attr::ResponseCode => {
-                let status = self.status();
-                if status.is_some() {
-                    return status;
-                }
-            }
-            // At `on_log` the last byte is out: now − `request.time` is
-            // Envoy's total duration, for one clock read instead of a
-            // property.
-            Attr::Duration => {
-                let start = self.number(Attr::StartTime)?;
-                return Some(self.0.now_nanos().saturating_sub(start));
-            }
-            // A stage read the clock as the request headers arrived (the
-            // rate limit does): that is the start, within microseconds of
-            // Envoy's `request.time`, without a property read.
-            Attr::StartTime => {
-                if let Some(t) = self.0.request_phase_clock() {
-                    return Some(t);
-                }
-            }
-            // A request that ended with its headers has no body.
-            Attr::BytesReceived if self.0.request_ended_with_headers() => return Some(0),
-            _ => {}
+        if !self.read_as_property(attr) {
+            return self.shortcut(attr);
         }
         self.0
             .property_int(attr.path())

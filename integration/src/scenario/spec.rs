@@ -232,10 +232,12 @@ impl FilterDef {
     }
     /// The filter's name: the built-in's, or the module's plugin name.
     pub fn name(&self) -> String {
-        match (self, self.kind()) {
-            (FilterDef::Wasm(w), _) => w.plugin_name(),
-            (_, Some(k)) => k.name().to_string(),
-            (_, None) => String::new(),
+        match self {
+            FilterDef::Wasm(w) => w.plugin_name(),
+            _ => self
+                .kind()
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
         }
     }
     pub fn config(&self) -> &Value {

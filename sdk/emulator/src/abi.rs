@@ -1424,17 +1424,8 @@ fn parse_cel_list(expr: &str) -> Option<Vec<(Vec<u8>, bool)>> {
 /// `proxy_get_property` would (strings raw, integers 8 bytes), with empty
 /// values.
 fn cel_list(elements: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(elements.len() as u32).to_le_bytes());
-    for e in elements {
-        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-    }
-    for e in elements {
-        out.extend_from_slice(e);
-        out.extend_from_slice(&[0, 0]);
-    }
-    out
+    let pairs: Vec<(&[u8], &[u8])> = elements.iter().map(|e| (e.as_slice(), &[][..])).collect();
+    crate::wire::serialize_map(&pairs)
 }
 
 // ---- metrics ----

@@ -6,21 +6,21 @@ pub(crate) type HeaderMap = Vec<(String, Vec<u8>)>;
 
 /// `u32` count, then `(key_len, value_len)` pairs as `u32`, then each key and
 /// value followed by a NUL byte; all little-endian (proxy-wasm `serialize_map`).
-pub(crate) fn serialize_map(map: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn serialize_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(map: &[(K, V)]) -> Vec<u8> {
     let size = 4 + map
         .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 10)
         .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&len32(map.len()).to_le_bytes());
     for (key, value) in map {
-        out.extend_from_slice(&len32(key.len()).to_le_bytes());
-        out.extend_from_slice(&len32(value.len()).to_le_bytes());
+        out.extend_from_slice(&len32(key.as_ref().len()).to_le_bytes());
+        out.extend_from_slice(&len32(value.as_ref().len()).to_le_bytes());
     }
     for (key, value) in map {
-        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(key.as_ref());
         out.push(0);
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_ref());
         out.push(0);
     }
     out
