@@ -76,19 +76,11 @@ impl Runtime {
     /// installed (`build/envoy-path`), else `envoy` on the `PATH` (an
     /// installed harness outside a checkout, e.g. in a user's CI).
     pub fn native() -> Result<Runtime> {
-        let binary = match std::env::var_os("SWITCHYARD_ENVOY_BINARY") {
-            Some(b) => PathBuf::from(b),
-            None => match paths::setup_record("envoy-path") {
-                Ok(p) => PathBuf::from(p),
-                Err(e) => std::env::var_os("PATH")
-                    .and_then(|path| {
-                        std::env::split_paths(&path)
-                            .map(|d| d.join("envoy"))
-                            .find(|c| c.is_file())
-                    })
-                    .ok_or(e)?,
-            },
-        };
+        let binary = envoy_binary(
+            std::env::var_os("SWITCHYARD_ENVOY_BINARY").map(PathBuf::from),
+            paths::setup_record("envoy-path").map(PathBuf::from),
+            std::env::var_os("PATH"),
+        )?;
         if !binary.is_file() {
             bail!("no Envoy binary at {}", binary.display());
         }
@@ -183,6 +175,29 @@ impl fmt::Display for EnvoyError {
 }
 
 impl std::error::Error for EnvoyError {}
+
+/// Which Envoy binary the native runtime runs: `explicit`, else the
+/// set-up record, else `envoy` in a `PATH` directory; the record's error
+/// when none is found.
+fn envoy_binary(
+    explicit: Option<PathBuf>,
+    recorded: Result<PathBuf>,
+    path: Option<std::ffi::OsString>,
+) -> Result<PathBuf> {
+    if let Some(b) = explicit {
+        return Ok(b);
+    }
+    match recorded {
+        Ok(p) => Ok(p),
+        Err(e) => path
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("envoy"))
+                    .find(|c| c.is_file())
+            })
+            .ok_or(e),
+    }
+}
 
 /// Builds and starts an [`Envoy`].
 ///
@@ -777,5 +792,38 @@ mod version_tests {
         let text = "\n/root/envoy version: 2c8b5a5e/1.36.4/Clean/RELEASE/BoringSSL\n\n";
         assert_eq!(super::version_of(text).as_deref(), Some("1.36.4"));
         assert_eq!(super::version_of("no version here"), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_harness_finds_envoy_on_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let envoy = dir.path().join("envoy");
+        std::fs::write(&envoy, b"").unwrap();
+        let path = std::env::join_paths([Path::new("/nonexistent"), dir.path()]).unwrap();
+        let missing = || Err(anyhow::anyhow!("build/envoy-path is missing"));
+        // No variable, no set-up record: the PATH's envoy.
+        assert_eq!(
+            envoy_binary(None, missing(), Some(path.clone())).unwrap(),
+            envoy
+        );
+        // The variable, then the record, win over the PATH.
+        let explicit = PathBuf::from("/opt/envoy");
+        assert_eq!(
+            envoy_binary(Some(explicit.clone()), missing(), Some(path.clone())).unwrap(),
+            explicit
+        );
+        let recorded = PathBuf::from("/srv/envoy");
+        assert_eq!(
+            envoy_binary(None, Ok(recorded.clone()), Some(path)).unwrap(),
+            recorded
+        );
+        // Nothing anywhere: the record's error.
+        let err = envoy_binary(None, missing(), None).unwrap_err().to_string();
+        assert!(err.contains("envoy-path"), "{err}");
     }
 }
