@@ -240,21 +240,195 @@ pub fn parse_document<'a, T: DeserializeOwned>(
     let src = src.into();
     check_root(src)?;
     let mut de = serde_json::Deserializer::from_reader(src.reader());
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let at = display_path(e.path());
-        let message = e.into_inner().to_string();
-        match message
-            .strip_prefix(NESTED)
-            .and_then(|m| m.split_once(NESTED))
-        {
-            Some((below, message)) => {
-                ConfigError::new(join_path(&at, below), strip_position(message))
-            }
-            None => ConfigError::new(at, message),
-        }
-    })?;
+    let value = T::deserialize(&mut de).map_err(|e| located_error(src, &e))?;
     de.end().map_err(|e| trailing_error(src, &e))?;
     Ok(value)
+}
+
+/// A serde_json error as a [`ConfigError`] naming the field.
+///
+/// The path is found from where serde_json stopped (its line and column)
+/// by re-reading the document up to there ([`path_at`]), not by wrapping
+/// every type's deserializer (`serde_path_to_error` doubled the modules'
+/// configuration code). What the error is about decides what to do with a
+/// `}` or `]` the parser had already looked at: a missing field or a wrong
+/// length is about that object or array, a wrong value is about the value
+/// just read before it.
+fn located_error(src: Source<'_>, e: &serde_json::Error) -> ConfigError {
+    let full = e.to_string();
+    let message = strip_position(&full);
+    if e.line() == 0 {
+        // Raised outside the parser (an I/O error such as a short read).
+        return ConfigError::new("", message);
+    }
+    if let Some((below, message)) = message
+        .strip_prefix(NESTED)
+        .and_then(|m| m.split_once(NESTED))
+    {
+        let at = path_at(src, e.line(), e.column(), Closer::Ends);
+        return ConfigError::new(join_nested(&at, below), message);
+    }
+    let closer = if message.starts_with("missing field") || message.starts_with("invalid length") {
+        Closer::Ends
+    } else {
+        Closer::AfterScalar
+    };
+    // Keep serde_json's position on messages that had one (as before).
+    ConfigError::new(path_at(src, e.line(), e.column(), closer), full)
+}
+
+/// What a `}` or `]` the parser counted last means for the error's path.
+#[derive(Clone, Copy, PartialEq)]
+enum Closer {
+    /// The object or array it closes is what the error is about.
+    Ends,
+    /// After a number or literal it was only looked at (serde_json peeks
+    /// one byte past a number): the error is about the scalar.
+    AfterScalar,
+}
+
+/// A nested error's path `below` (relative to the value whose
+/// `Deserialize` raised it) joined to `at`, where the parser stopped, which
+/// may already lie inside that value: the segments of `below` that `at`
+/// ends with are not repeated.
+fn join_nested(at: &str, below: &str) -> String {
+    let mut at_segs = path_segments(at);
+    let below_segs = path_segments(below);
+    // An element's error, raised between elements: the parser has begun
+    // the next element (or closed the list).
+    if below_segs.first().is_some_and(|s| s.starts_with('['))
+        && at_segs.last().is_some_and(|s| s.starts_with('['))
+    {
+        at_segs.pop();
+    }
+    let overlap = (1..=below_segs.len().min(at_segs.len()))
+        .rev()
+        .find(|&k| at_segs[at_segs.len() - k..] == below_segs[..k])
+        .unwrap_or(0);
+    let parent: String = at_segs[..at_segs.len() - overlap].concat();
+    join_path(parent.trim_start_matches('.'), below)
+}
+
+/// `a.b[2].c` → `[".a", ".b", "[2]", ".c"]`.
+fn path_segments(path: &str) -> Vec<String> {
+    let mut segs: Vec<String> = Vec::new();
+    for (i, part) in path.split('.').enumerate() {
+        if part.is_empty() && i == 0 {
+            continue;
+        }
+        let (name, indexes) = part.find('[').map_or((part, ""), |j| part.split_at(j));
+        if !name.is_empty() {
+            segs.push(format!(".{name}"));
+        }
+        for idx in indexes.split_inclusive(']') {
+            segs.push(idx.to_string());
+        }
+    }
+    segs
+}
+
+/// One open object or array while [`path_at`] re-reads a document.
+enum Frame {
+    /// The member key read last, if its value is still current.
+    Object(Option<String>),
+    /// The element's index, once that element has begun.
+    Array(usize, bool),
+}
+
+/// The JSON path (`a.b[2].c`, empty for the root) of the value the parser
+/// was in at serde_json's 1-based `line` and `column` (bytes read on that
+/// line, the byte it looked at last included).
+fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> String {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut r = src.reader();
+    let (mut l, mut c) = (1, 0);
+    let mut in_string: Option<Vec<u8>> = None;
+    let mut escaped = false;
+    let mut after_scalar = false;
+    let mut in_scalar = false;
+    let begin = |stack: &mut Vec<Frame>| {
+        if let Some(Frame::Array(_, started)) = stack.last_mut() {
+            *started = true;
+        }
+    };
+    while (l, c) < (line, column) {
+        let Some(b) = r.next_byte() else { break };
+        if b == b'\n' {
+            (l, c) = (l + 1, 0);
+        } else {
+            c += 1;
+        }
+        if let Some(text) = in_string.as_mut() {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                // A string right after `{` or `,` in an object is a key.
+                let text = String::from_utf8_lossy(text).into_owned();
+                in_string = None;
+                if let Some(Frame::Object(key @ None)) = stack.last_mut() {
+                    *key = Some(text);
+                }
+                continue;
+            }
+            text.push(b);
+            continue;
+        }
+        let was_scalar = in_scalar;
+        in_scalar = false;
+        match b {
+            b'"' => {
+                if !matches!(stack.last(), Some(Frame::Object(None))) {
+                    begin(&mut stack);
+                }
+                in_string = Some(Vec::new());
+            }
+            b'{' | b'[' => {
+                begin(&mut stack);
+                stack.push(if b == b'{' {
+                    Frame::Object(None)
+                } else {
+                    Frame::Array(0, false)
+                });
+            }
+            // serde_json looks one byte past a number or literal: the
+            // error is about the scalar, not what that byte starts or ends.
+            b'}' | b']' | b','
+                if closer == Closer::AfterScalar
+                    && (was_scalar || after_scalar)
+                    && (l, c) >= (line, column) => {}
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object(key)) => *key = None,
+                Some(Frame::Array(i, started)) => (*i, *started) = (*i + 1, false),
+                None => {}
+            },
+            b':' => {}
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                after_scalar = after_scalar || was_scalar;
+                continue;
+            }
+            _ => {
+                if !was_scalar {
+                    begin(&mut stack);
+                }
+                in_scalar = true;
+            }
+        }
+        after_scalar = false;
+    }
+    let mut path = String::new();
+    for f in &stack {
+        match f {
+            Frame::Object(Some(k)) => path = join_path(&path, k),
+            Frame::Array(i, true) => path.push_str(&format!("[{i}]")),
+            _ => {}
+        }
+    }
+    path
 }
 
 /// Marks a [`nested_error`]'s path inside a serde error message.
@@ -361,12 +535,6 @@ fn describe_byte(b: u8) -> String {
     } else {
         format!("byte 0x{b:02X}")
     }
-}
-
-/// `serde_path_to_error` prints `.` for the root and `a.b[3].c` otherwise.
-fn display_path(path: &serde_path_to_error::Path) -> String {
-    let p = path.to_string();
-    if p == "." { String::new() } else { p }
 }
 
 /// Validates every item of a list, reporting `name[i].…` paths.
@@ -609,14 +777,31 @@ mod tests {
 
     impl<'de> Deserialize<'de> for Checked {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let weights = Vec::<u32>::deserialize(d)?;
-            match weights.iter().position(|w| *w == 0) {
-                Some(i) => Err(nested_error(ConfigError::new(
-                    format!("[{i}].weight"),
-                    "must be > 0",
-                ))),
-                None => Ok(Checked),
+            d.deserialize_seq(CheckedVisitor)
+        }
+    }
+
+    struct CheckedVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+        type Value = Checked;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("weights")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+            let mut i = 0;
+            while let Some(w) = seq.next_element::<u32>()? {
+                if w == 0 {
+                    return Err(nested_error(ConfigError::new(
+                        format!("[{i}].weight"),
+                        "must be > 0",
+                    )));
+                }
+                i += 1;
             }
+            Ok(Checked)
         }
     }
 
@@ -628,7 +813,69 @@ mod tests {
 
     #[test]
     fn nested_errors_name_the_field_below_where_they_were_raised() {
-        let err = parse_document::<Outer>(br#"{"inner": [1, 2, 0]}"#).unwrap_err();
-        assert_eq!(err.to_string(), "inner[2].weight: must be > 0");
+        // The zero first, in the middle and last: the parser stops in a
+        // different place each time (before the next element, at `]`).
+        for (doc, want) in [
+            (r#"{"inner": [0, 1]}"#, "inner[0].weight: must be > 0"),
+            (r#"{"inner": [1, 2, 0]}"#, "inner[2].weight: must be > 0"),
+            (
+                r#"{"inner": [1, 0, 3], "n": 1}"#,
+                "inner[1].weight: must be > 0",
+            ),
+            (
+                r#"{"n": 1, "inner": [1, 0]}"#,
+                "inner[1].weight: must be > 0",
+            ),
+        ] {
+            let err = parse_document::<Outer>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), want, "{doc}");
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Paths {
+        a: Option<Vec<Inner>>,
+        b: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        x: u32,
+        y: Option<String>,
+    }
+
+    /// Where serde_json stops for each kind of error, and the path named:
+    /// a number is followed by the byte after it, a missing field is
+    /// found at the closing brace.
+    #[test]
+    fn errors_name_the_field_wherever_the_parser_stopped() {
+        for (doc, want) in [
+            (r#"{"b": "x"}"#, "b"),
+            (r#"{"b": -1, "a": []}"#, "b"),
+            (r#"{"a": [{"x": 1}, {"x": "no"}]}"#, "a[1].x"),
+            (r#"{"a": [{"x": 1}, {"x": 1.5}], "b": 1}"#, "a[1].x"),
+            (r#"{"a": [{"x": 1}, {"x": 2, "y": 3}]}"#, "a[1].y"),
+            (r#"{"a": [{"x": 1, "z": 3}]}"#, "a[0].z"),
+            (r#"{"a": [{"x": 1}, {"y": "s"}]}"#, "a[1]"),
+            (r#"{"a": [{"y": "s"}], "b": 2}"#, "a[0]"),
+            (r#"{"a": [{"x": 1}, 7]}"#, "a[1]"),
+            (r#"{"a": {"x": 1}}"#, "a"),
+            (r#"{"a": [{"x": 1}], "c": {}}"#, "c"),
+            (r#"{"a": [{"x": 1,}]}"#, "a[0]"),
+            (
+                "{\n  \"a\": [\n    {\"x\": 1},\n    {\"x\": true}\n  ]\n}",
+                "a[1].x",
+            ),
+            (r#"{"a": [{"x": 1, "y": "a\"b"}, {"y": "\"}"}]}"#, "a[1]"),
+        ] {
+            let err = parse_document::<Paths>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.path, want, "{doc}: {err}");
+            let chunked = chunked(doc.as_bytes(), 3, |s| parse_document::<Paths>(s)).unwrap_err();
+            assert_eq!(chunked, err, "{doc}");
+        }
     }
 }

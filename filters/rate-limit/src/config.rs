@@ -143,48 +143,131 @@ pub struct HeaderMatch {
     pub present: Option<bool>,
 }
 
-/// One part of a rule's key (local) or descriptor entry (global).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// One part of a rule's key (local) or descriptor entry (global): an
+/// object whose `type` names the variant (snake_case), with the variant's
+/// fields beside it, e.g. `{"type": "header", "name": "x-tenant"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
     /// The client address Envoy determined (`source.address` without the
     /// port). Descriptor key `remote_address`.
-    ClientAddress {
-        #[serde(default)]
-        descriptor_key: Option<String>,
-    },
+    ClientAddress { descriptor_key: Option<String> },
     /// A request header's value. Descriptor key: the header name.
     Header {
         name: String,
-        #[serde(default)]
         descriptor_key: Option<String>,
-        #[serde(default)]
         missing: Missing,
     },
     /// The path without query. Descriptor key `path`.
-    Path {
-        #[serde(default)]
-        descriptor_key: Option<String>,
-    },
+    Path { descriptor_key: Option<String> },
     /// The host (`:authority` without port, lowercase). Descriptor key
     /// `authority`.
-    Domain {
-        #[serde(default)]
-        descriptor_key: Option<String>,
-    },
+    Domain { descriptor_key: Option<String> },
     /// A fixed value. Descriptor key `generic_key`.
     Constant {
         value: String,
-        #[serde(default)]
         descriptor_key: Option<String>,
     },
     /// The matched route's name (`xds.route_name`). Descriptor key `route_name`.
     RouteName {
-        #[serde(default)]
         descriptor_key: Option<String>,
-        #[serde(default)]
         missing: Missing,
     },
+}
+
+/// The `type` of a [`KeyPart`].
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum KeyType {
+    ClientAddress,
+    Header,
+    Path,
+    Domain,
+    Constant,
+    RouteName,
+}
+
+/// Read as one flat object, in one pass, so an error is raised while the
+/// parser is still in the key part and names it (`rules[0].key[1]`); serde's
+/// internally tagged enums buffer the object first and lose that place.
+impl<'de> Deserialize<'de> for KeyPart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(KeyPartVisitor)
+    }
+}
+
+struct KeyPartVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyPartVisitor {
+    type Value = KeyPart;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key part object with a `type`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeyPart, A::Error> {
+        use serde::de::Error;
+        let mut kind: Option<KeyType> = None;
+        let (mut descriptor_key, mut name, mut value): (Option<Option<String>>, _, _) =
+            (None, None, None);
+        let mut missing: Option<Missing> = None;
+        let mut unknown: Option<String> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let seen = match key.as_str() {
+                "type" => kind.replace(map.next_value()?).is_some(),
+                "descriptor_key" => descriptor_key.replace(map.next_value()?).is_some(),
+                "name" => name.replace(map.next_value::<String>()?).is_some(),
+                "value" => value.replace(map.next_value::<String>()?).is_some(),
+                "missing" => missing.replace(map.next_value()?).is_some(),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    unknown.get_or_insert(key.clone());
+                    false
+                }
+            };
+            if seen {
+                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+        }
+        let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
+        let allowed: &'static [&'static str] = match kind {
+            KeyType::Header => &["name", "descriptor_key", "missing"],
+            KeyType::Constant => &["value", "descriptor_key"],
+            KeyType::RouteName => &["descriptor_key", "missing"],
+            KeyType::ClientAddress | KeyType::Path | KeyType::Domain => &["descriptor_key"],
+        };
+        let present = [
+            ("name", name.is_some()),
+            ("value", value.is_some()),
+            ("missing", missing.is_some()),
+        ];
+        let stray = present
+            .iter()
+            .find(|(f, there)| *there && !allowed.contains(f))
+            .map(|(f, _)| f.to_string());
+        if let Some(field) = unknown.or(stray) {
+            return Err(A::Error::unknown_field(&field, allowed));
+        }
+        let descriptor_key = descriptor_key.flatten();
+        let missing = missing.unwrap_or_default();
+        Ok(match kind {
+            KeyType::ClientAddress => KeyPart::ClientAddress { descriptor_key },
+            KeyType::Header => KeyPart::Header {
+                name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+                descriptor_key,
+                missing,
+            },
+            KeyType::Path => KeyPart::Path { descriptor_key },
+            KeyType::Domain => KeyPart::Domain { descriptor_key },
+            KeyType::Constant => KeyPart::Constant {
+                value: value.ok_or_else(|| A::Error::missing_field("value"))?,
+                descriptor_key,
+            },
+            KeyType::RouteName => KeyPart::RouteName {
+                descriptor_key,
+                missing,
+            },
+        })
+    }
 }
 
 impl KeyPart {
