@@ -438,6 +438,11 @@ const NESTED: &str = "\u{1}";
 /// deserialized, for a hand-written `Deserialize` that validates as it
 /// reads (so a large document is never held whole): [`parse_document`]
 /// appends the path to where the error was raised.
+///
+/// Raise it from that value's own `visit_map` / `visit_seq`, while the
+/// parser is still inside the value: the path is found from where the
+/// parser stopped, and an error raised after the value was returned to
+/// its parent is placed by the parent (one level too high).
 pub fn nested_error<E: serde::de::Error>(e: ConfigError) -> E {
     E::custom(format_args!("{NESTED}{}{NESTED}{}", e.path, e.message))
 }
