@@ -8,8 +8,9 @@
 //! queue anyway should a notification go elsewhere. A VM that lost the lease
 //! keeps flushing what it already holds, so a lease change loses nothing.
 //!
-//! Nothing here waits: on_log only enqueues; the sender's work is a few host
-//! calls per record plus one callout per batch, and a slow or dead collector
+//! Nothing here waits: on_log only appends to its VM's held batch, which
+//! goes on the queue as one item (the stage's `Pending`); the sender's work
+//! is a few host calls per item plus one callout per batch, and a slow or dead collector
 //! only makes the buffer fill up (then new records are dropped and counted).
 //!
 //! The lease stays with its holder whatever the collector does: a refused
@@ -212,12 +213,15 @@ impl Sender {
             match host::dequeue(queue) {
                 // A wake-up (see `QueueRef::wake`), not a record.
                 Ok(Some(bytes)) if bytes.is_empty() => {}
+                // One VM's held records, joined by `\n` (see the stage).
                 Ok(Some(bytes)) => {
-                    let record = String::from_utf8(bytes)
+                    let item = String::from_utf8(bytes)
                         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    if !shipper.push(record, now) {
-                        self.metrics
-                            .drop_records(&self.metrics.dropped_buffer_full, 1);
+                    for record in item.split('\n').filter(|r| !r.is_empty()) {
+                        if !shipper.push(record.to_string(), now) {
+                            self.metrics
+                                .drop_records(&self.metrics.dropped_buffer_full, 1);
+                        }
                     }
                 }
                 Ok(None) => break,

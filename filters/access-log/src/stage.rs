@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::record::{self, Attr, Source};
 use crate::sender::{QueueRef, Sender};
 use crate::stats::Metrics;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use switchyard_sdk::config::ConfigError;
@@ -47,8 +48,28 @@ fn build(
         metrics,
         queue,
         sender,
+        pending: RefCell::default(),
     }))
 }
+
+/// Records this VM holds before they go on the queue as one item.
+///
+/// Each enqueue makes Envoy wake the sender's VM (a callback, a dequeue and
+/// the sender's bookkeeping: ~6 crossings), so records go in batches: at
+/// [`PENDING_MAX_RECORDS`] or [`PENDING_MAX_BYTES`], on the VM's tick
+/// (every `http.tick_ms`) and when the VM shuts down. A record's JSON never
+/// holds a raw newline (control bytes are escaped), so items are records
+/// joined by `\n`.
+#[derive(Default)]
+struct Pending {
+    lines: String,
+    records: u64,
+}
+
+/// Records per queue item at most.
+const PENDING_MAX_RECORDS: u64 = 64;
+/// Bytes per queue item at most (a record longer than this goes alone).
+const PENDING_MAX_BYTES: usize = 64 << 10;
 
 /// Per-VM state: the configuration, metrics, and the HTTP sink's queue and
 /// sender (when configured).
@@ -57,6 +78,42 @@ pub struct AccessLog {
     metrics: Rc<Metrics>,
     queue: Option<Rc<QueueRef>>,
     sender: Option<Rc<Sender>>,
+    pending: RefCell<Pending>,
+}
+
+impl AccessLog {
+    /// Holds `line` for the queue; sends the batch when it is full.
+    fn hold(&self, queue: &QueueRef, line: &str) {
+        let overflow = {
+            let p = self.pending.borrow();
+            !p.lines.is_empty() && p.lines.len() + 1 + line.len() > PENDING_MAX_BYTES
+        };
+        if overflow {
+            self.flush_pending(queue);
+        }
+        let full = {
+            let mut p = self.pending.borrow_mut();
+            if !p.lines.is_empty() {
+                p.lines.push('\n');
+            }
+            p.lines.push_str(line);
+            p.records += 1;
+            p.records >= PENDING_MAX_RECORDS || p.lines.len() >= PENDING_MAX_BYTES
+        };
+        if full {
+            self.flush_pending(queue);
+        }
+    }
+
+    /// Puts the held records on the queue as one item; counts them dropped
+    /// if the host refuses it.
+    fn flush_pending(&self, queue: &QueueRef) {
+        let Pending { lines, records } = std::mem::take(&mut *self.pending.borrow_mut());
+        if records > 0 && !queue.enqueue(&lines) {
+            self.metrics
+                .drop_records(&self.metrics.dropped_enqueue, records);
+        }
+    }
 }
 
 /// The request through the module's exchange: header maps read once per
@@ -185,10 +242,8 @@ impl Stage for AccessLog {
         if self.config.log.enabled && log::log_enabled!(log::Level::Info) {
             host::log(LogLevel::Info, &line);
         }
-        if let Some(queue) = &self.queue
-            && !queue.enqueue(&line)
-        {
-            m.drop_records(&m.dropped_enqueue, 1);
+        if let Some(queue) = &self.queue {
+            self.hold(queue, &line);
         }
     }
 
@@ -197,6 +252,9 @@ impl Stage for AccessLog {
     }
 
     fn on_tick(&self, root: &RootServices) {
+        if let Some(queue) = &self.queue {
+            self.flush_pending(queue);
+        }
         if let Some(sender) = &self.sender {
             sender.on_tick(root);
         }
@@ -209,6 +267,9 @@ impl Stage for AccessLog {
     }
 
     fn on_shutdown(&self, _root: &RootServices) {
+        if let Some(queue) = &self.queue {
+            self.flush_pending(queue);
+        }
         if let Some(sender) = &self.sender {
             sender.release();
         }

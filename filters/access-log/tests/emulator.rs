@@ -477,7 +477,16 @@ fn one_sender_batches_retries_and_accounts_for_every_record() {
         host.drain_all();
     }
     assert_eq!(metric(&host, "records"), 12);
-    // One batch in flight, records from both workers, sent by worker 0.
+    // Each VM holds its records until its tick (one queue item each).
+    assert!(host.http_calls().is_empty());
+    assert_eq!(metric(&host, "queue_depth"), 0);
+    host.advance(Duration::from_millis(100));
+    w0.tick();
+    w1.tick();
+    host.drain_all();
+    // One batch in flight, sent by worker 0; worker 1's records reached
+    // its buffer through the queue.
+    assert_eq!(metric(&host, "queue_depth"), 12);
     let calls = host.http_calls();
     assert_eq!(calls.len(), 1, "{calls:#?}");
     let call = &calls[0];
@@ -489,7 +498,7 @@ fn one_sender_batches_retries_and_accounts_for_every_record() {
     let batch = lines_of(&call.body);
     assert_eq!(batch.len(), 5);
     assert_eq!(batch[0]["request_id"], "q-00");
-    assert_eq!(batch[1]["request_id"], "q-01");
+    assert_eq!(batch[1]["request_id"], "q-02");
     host.respond_http_call(call.token, CallOutcome::status(200, "ok"));
 
     // The next full batch goes at once; the collector fails it.
@@ -541,6 +550,9 @@ fn a_full_buffer_drops_and_counts_and_never_blocks_requests() {
     for i in 0..40 {
         request(&w0, &format!("b-{i:02}"), &[]);
     }
+    // The tick puts the VM's 40 records on the queue as one item.
+    host.advance(Duration::from_millis(100));
+    w0.tick();
     // 20 held (5 in flight, 15 buffered), 20 dropped, nothing delivered yet.
     assert_eq!(metric(&host, "records"), 40);
     assert_eq!(metric(&host, "dropped"), 20);
@@ -568,6 +580,8 @@ fn the_lease_moves_when_the_sender_stops_and_nothing_is_lost() {
     w0.tick();
     w1.tick();
     request(&w1, "l-0", &[]);
+    host.advance(Duration::from_millis(100));
+    w1.tick();
     host.drain_all();
     // Worker 0 stops ticking; after the lease TTL worker 1 takes over,
     // registers the queue and drains what is there.
@@ -577,6 +591,8 @@ fn the_lease_moves_when_the_sender_stops_and_nothing_is_lost() {
         request(&w1, &format!("l-{i}"), &[]);
         host.drain_all();
     }
+    host.advance(Duration::from_millis(100));
+    w1.tick();
     // Worker 0 still holds l-0 in its buffer and flushes it on its own tick.
     host.advance(Duration::from_secs(2));
     w0.tick();
@@ -593,6 +609,80 @@ fn the_lease_moves_when_the_sender_stops_and_nothing_is_lost() {
     assert_eq!(metric(&host, "delivered"), 5);
 }
 
+/// Each record used to be its own queue item: an enqueue in the request
+/// and a wake-up of the sender's VM (callback, dequeue, bookkeeping). A VM
+/// now holds its records and enqueues them as one item: at 64 records, on
+/// its tick, or as it shuts down; none is lost or counted twice.
+#[test]
+fn records_reach_the_queue_in_batches_from_each_vm() {
+    let host = host(SHIPPING);
+    let w0 = host.start_worker();
+    let w1 = host.start_worker();
+    w0.tick();
+    w1.tick();
+    // The request pays no queue call.
+    let s = request(&w1, "h-00", &[]);
+    let crossings = s.crossings();
+    assert!(
+        !crossings
+            .0
+            .contains(&Crossing::HostCall("proxy_enqueue_shared_queue")),
+        "{crossings}"
+    );
+    host.drain_all();
+    assert_eq!(metric(&host, "queue_depth"), 0, "held in worker 1");
+    // The 64th record sends the VM's batch without waiting for a tick.
+    for i in 1..64 {
+        request(&w1, &format!("h-{i:02}"), &[]);
+    }
+    host.drain_all();
+    // The sender's buffer holds 20 (5 in flight): the rest are counted.
+    assert_eq!(metric(&host, "queue_depth"), 20);
+    assert_eq!(metric(&host, "dropped_buffer_full"), 44);
+    // Held records go on the queue when their VM shuts down.
+    request(&w1, "h-64", &[]);
+    request(&w1, "h-65", &[]);
+    w1.shutdown();
+    host.drain_all();
+    assert_eq!(metric(&host, "dropped_buffer_full"), 46);
+    assert_eq!(metric(&host, "records"), 66);
+    // Everything is delivered or dropped, once.
+    for _ in 0..10 {
+        host.advance(Duration::from_millis(1000));
+        w0.tick();
+        for call in host.http_calls() {
+            host.respond_http_call(call.token, CallOutcome::status(200, ""));
+        }
+    }
+    assert_eq!(metric(&host, "delivered"), 20);
+    assert_eq!(metric(&host, "delivered") + metric(&host, "dropped"), 66);
+    assert_eq!(metric(&host, "queue_depth"), 0);
+}
+
+/// A record longer than the item limit (64 KiB) goes alone; the ones
+/// held before it go first, in order.
+#[test]
+fn a_long_record_goes_in_its_own_queue_item() {
+    let host = host(
+        r#"{"log":{"enabled":false},"request_headers":["x-big"],"max_field_bytes":200000,
+            "http":{"cluster":"collector","batch_max_records":3}}"#,
+    );
+    let w0 = host.start_worker();
+    w0.tick();
+    request(&w0, "s-1", &[]);
+    let big = vec![b'a'; 70_000];
+    request(&w0, "s-2", &[("x-big", &big)]);
+    request(&w0, "s-3", &[]);
+    host.advance(Duration::from_millis(100));
+    w0.tick();
+    let call = host.expect_http_call("collector");
+    let ids: Vec<String> = lines_of(&call.body)
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["s-1", "s-2", "s-3"]);
+}
+
 #[test]
 fn otlp_batches() {
     let host = host(
@@ -602,6 +692,8 @@ fn otlp_batches() {
     w0.tick();
     request(&w0, "o-1", &[]);
     request(&w0, "o-2", &[]);
+    host.advance(Duration::from_millis(100));
+    w0.tick();
     let call = host.expect_http_call("collector");
     assert_eq!(call.header("content-type"), Some("application/json"));
     let doc: Value = serde_json::from_slice(&call.body).unwrap();
@@ -638,6 +730,8 @@ fn a_refused_send_is_retried_by_the_holder_alone_at_the_backoff_pace() {
         }
         let holder = host.shared_data(lease).unwrap().0;
         request(&ws[workers - 1], "r-1", &[]);
+        host.advance(TICK);
+        ws[workers - 1].tick();
         host.drain_all();
         assert_eq!(metric(&host, "batch_failures"), 1, "refused at once");
         for _ in 0..RUN.as_millis() / TICK.as_millis() {

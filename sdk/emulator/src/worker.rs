@@ -700,6 +700,25 @@ impl Worker {
         });
     }
 
+    /// Shuts the VM down as Envoy does when a worker's plugin goes away
+    /// (proxy-wasm-cpp-host `WasmBase::startShutdown`): `proxy_on_done`,
+    /// then `proxy_on_delete` of the root context. The worker takes no more
+    /// streams or ticks after this (Envoy would not send any).
+    #[track_caller]
+    pub fn shutdown(&self) {
+        self.inner.call(|vm| {
+            set_effective(vm, ROOT_CONTEXT_ID);
+            // SAFETY: plain integers.
+            callback(vm, ROOT_CONTEXT_ID, "proxy_on_done", || unsafe {
+                proxy_on_done(ROOT_CONTEXT_ID)
+            });
+            // SAFETY: plain integers.
+            callback(vm, ROOT_CONTEXT_ID, "proxy_on_delete", || unsafe {
+                proxy_on_delete(ROOT_CONTEXT_ID)
+            });
+        });
+    }
+
     /// Tick period the root context asked for (`None`: no timer).
     pub fn tick_period(&self) -> Option<Duration> {
         self.inner.state().tick_period
