@@ -37,7 +37,6 @@ type Stages = Vec<(&'static str, Box<dyn Stage>)>;
 struct Pipeline {
     stages: Stages,
     root: RootServices,
-    batches: Rc<crate::stage::PropertyBatches>,
 }
 
 enum Layout {
@@ -275,7 +274,6 @@ impl ModuleRoot {
             root: RootServices {
                 callouts: Callouts::new(),
             },
-            batches: Rc::default(),
         }));
         true
     }
@@ -312,8 +310,8 @@ impl ModuleRoot {
     pub(crate) fn new_stream(&self) -> ModuleStream {
         ModuleStream {
             exchange: match &self.pipeline {
-                Some(p) => Exchange::new(p.stages.len(), Rc::clone(&p.batches)),
-                None => Exchange::new(0, Rc::default()),
+                Some(p) => Exchange::new(p.stages.len()),
+                None => Exchange::new(0),
             },
             pipeline: self.pipeline.clone(),
         }

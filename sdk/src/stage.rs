@@ -32,8 +32,6 @@ use crate::config::ConfigError;
 use crate::headers::{Edit, HeaderMap, push_edit};
 use crate::host::{self, MapType};
 use std::any::Any;
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
 
 /// What a stage tells the SDK after a phase.
@@ -202,67 +200,10 @@ pub struct Exchange {
     /// Whether a local reply has been sent for this stream.
     replied: bool,
     pending: Vec<(u32, usize, Phase, Pending)>,
-    batches: Rc<PropertyBatches>,
-}
-
-/// The CEL expressions this plugin has compiled in Envoy for
-/// [`Exchange::prefetch`], per set of paths; per root context, as Envoy
-/// keeps them.
-#[derive(Default)]
-pub(crate) struct PropertyBatches {
-    /// Per path set: Envoy's expression token, `None` when Envoy refused it.
-    sets: RefCell<Vec<(Vec<Path>, Option<u32>)>>,
-}
-
-/// A property path, as stages name them.
-type Path = &'static [&'static str];
-
-/// At most this many path sets get an expression; more read one by one
-/// (a stage asks for one set, or a few when some values come from
-/// elsewhere).
-const MAX_BATCHES: usize = 16;
-
-impl PropertyBatches {
-    /// The token of `paths`' expression, compiled on first use: Envoy's
-    /// `expr_create` foreign function (CEL), absent from Envoy builds without
-    /// the CEL parser (then every set reads one by one).
-    fn token(&self, paths: &[&'static [&'static str]]) -> Option<u32> {
-        let mut sets = self.sets.borrow_mut();
-        if let Some((_, token)) = sets.iter().find(|(p, _)| p.as_slice() == paths) {
-            return *token;
-        }
-        if sets.len() >= MAX_BATCHES {
-            return None;
-        }
-        let token = crate::properties::batch_expression(paths).and_then(|expr| {
-            match host::call_foreign_function("expr_create", expr.as_bytes()) {
-                Ok(Some(b)) => Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?)),
-                Ok(None) => None,
-                Err(e) => {
-                    log::info!("properties are read one by one (no CEL in this Envoy: {e})");
-                    None
-                }
-            }
-        });
-        sets.push((paths.to_vec(), token));
-        token
-    }
-
-    /// Stops using `paths`' expression.
-    fn refuse(&self, paths: &[&'static [&'static str]]) {
-        if let Some((_, token)) = self
-            .sets
-            .borrow_mut()
-            .iter_mut()
-            .find(|(p, _)| p.as_slice() == paths)
-        {
-            *token = None;
-        }
-    }
 }
 
 impl Exchange {
-    pub(crate) fn new(stages: usize, batches: Rc<PropertyBatches>) -> Self {
+    pub(crate) fn new(stages: usize) -> Self {
         Exchange {
             request: MapView::default(),
             response: MapView::default(),
@@ -278,7 +219,6 @@ impl Exchange {
             reply: None,
             replied: false,
             pending: Vec::new(),
-            batches,
         }
     }
 
@@ -406,41 +346,6 @@ impl Exchange {
             }
         };
         self.properties.get(i).and_then(|(_, v)| v.as_deref())
-    }
-
-    /// Reads those of `paths` not read yet in one host call where Envoy can
-    /// (a CEL list through the `expr_evaluate` foreign function: one
-    /// crossing pair for all of them instead of one per property), and
-    /// memoises them for [`property`](Self::property). Only attributes with
-    /// a [`crate::properties::attribute_type`] take part; fewer than two, an
-    /// Envoy without CEL or an answer that does not decode leave them to be
-    /// read one by one, as without this call.
-    pub fn prefetch(&mut self, paths: &[&'static [&'static str]]) {
-        let wanted: Vec<&'static [&'static str]> = paths
-            .iter()
-            .copied()
-            .filter(|p| {
-                crate::properties::attribute_type(p).is_some()
-                    && !self.properties.iter().any(|(q, _)| q == p)
-            })
-            .collect();
-        if wanted.len() < 2 {
-            return;
-        }
-        let Some(token) = self.batches.token(&wanted) else {
-            return;
-        };
-        let answer = host::call_foreign_function("expr_evaluate", &token.to_le_bytes());
-        match answer.map(|b| b.and_then(|b| crate::properties::decode_batch(&b, &wanted))) {
-            Ok(Some(values)) => self.properties.extend(wanted.into_iter().zip(values)),
-            // Envoy answered something else than the list asked for: this
-            // Envoy serialises lists otherwise; do not ask again.
-            Ok(None) => {
-                log::warn!("a property batch of {wanted:?} did not decode; reading one by one");
-                self.batches.refuse(&wanted);
-            }
-            Err(e) => log::debug!("a property batch failed: {e}"),
-        }
     }
 
     /// A string property (UTF-8), memoised.

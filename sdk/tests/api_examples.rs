@@ -40,8 +40,7 @@ impl Stage for Example {
             .to_string();
         ex.set_request_header("x-tenant-seen", &tenant);
 
-        // Properties: memoised per request; ask for several at once.
-        ex.prefetch(&[&["request", "protocol"], &["source", "address"]]);
+        // Properties: memoised per request.
         let protocol = ex
             .property_str(&["request", "protocol"])
             .unwrap_or_default();

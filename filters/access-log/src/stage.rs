@@ -123,8 +123,7 @@ struct ExchangeSource<'e>(&'e mut Exchange);
 
 impl ExchangeSource<'_> {
     /// Whether `attr` comes from a property read; `false` where
-    /// [`Self::shortcut`] has it without one. The one place that decides,
-    /// for the reads and for [`Self::prefetch`].
+    /// [`Self::shortcut`] has it without one. The one place that decides.
     fn read_as_property(&mut self, attr: Attr) -> bool {
         match attr {
             Attr::UpstreamCluster => self.0.decisions.cluster.is_none(),
@@ -158,17 +157,6 @@ impl ExchangeSource<'_> {
             Attr::BytesReceived => Some(0),
             _ => None,
         }
-    }
-
-    /// Reads the record's properties in one batch (see
-    /// [`Exchange::prefetch`]): 2 crossings instead of 2 per property.
-    fn prefetch(&mut self) {
-        let paths: Vec<&'static [&'static str]> = Attr::ALL
-            .into_iter()
-            .filter(|a| self.read_as_property(*a))
-            .map(Attr::path)
-            .collect();
-        self.0.prefetch(&paths);
     }
 
     /// The final response's `:status`.
@@ -222,19 +210,14 @@ impl Source for ExchangeSource<'_> {
 impl Stage for AccessLog {
     fn on_log(&self, ex: &mut Exchange) {
         let m = &self.metrics;
+        // Attributes are read one by one (`Exchange::property`), not in
+        // one CEL batch (`Exchange::prefetch`): in Envoy 1.40 the batch of
+        // the record's attributes cost ~13 µs more per request than the
+        // reads it saves (BENCHMARKS.md, seventh session).
         let mut source = ExchangeSource(ex);
-        // Sampling reads the flags: batch them too when every record is
-        // kept; otherwise batch only for the records kept.
-        let keep_all = self.config.sampling.rate >= 1.0;
-        if keep_all {
-            source.prefetch();
-        }
         if record::decide(&self.config.sampling, &mut source).is_none() {
             m.sampled_out.inc();
             return;
-        }
-        if !keep_all {
-            source.prefetch();
         }
         let line = record::line(&self.config, &mut source);
         m.records.inc();
