@@ -254,6 +254,13 @@ pub fn parse_document<'a, T: DeserializeOwned>(
 /// `}` or `]` the parser had already looked at: a missing field or a wrong
 /// length is about that object or array, a wrong value is about the value
 /// just read before it.
+///
+/// serde_json places an error raised after a value's own deserializer has
+/// returned (a `deserialize_with` or `try_from` that validates, a tagged,
+/// untagged or flattened type, which serde buffers first) where the
+/// enclosing object ends: such errors name that object, not the field.
+/// Validate in [`Validate`] instead, where paths are exact, or read the type
+/// in one pass (as the rate limit's key parts are).
 fn located_error(src: Source<'_>, e: &serde_json::Error) -> ConfigError {
     let full = e.to_string();
     let message = strip_position(&full);
@@ -265,8 +272,13 @@ fn located_error(src: Source<'_>, e: &serde_json::Error) -> ConfigError {
         .strip_prefix(NESTED)
         .and_then(|m| m.split_once(NESTED))
     {
-        let at = path_at(src, e.line(), e.column(), Closer::Ends);
-        return ConfigError::new(join_nested(&at, below), message);
+        let mut at = path_at(src, e.line(), e.column(), Closer::Ends);
+        // Raised by a list's visitor between two elements: the parser has
+        // begun the next one, and `below` starts at the list.
+        if at.began_element && below.starts_with('[') {
+            at.segments.pop();
+        }
+        return ConfigError::new(join_path(&render(&at.segments), below), message);
     }
     let closer = if message.starts_with("missing field") || message.starts_with("invalid length") {
         Closer::Ends
@@ -274,7 +286,8 @@ fn located_error(src: Source<'_>, e: &serde_json::Error) -> ConfigError {
         Closer::AfterScalar
     };
     // Keep serde_json's position on messages that had one (as before).
-    ConfigError::new(path_at(src, e.line(), e.column(), closer), full)
+    let at = path_at(src, e.line(), e.column(), closer);
+    ConfigError::new(render(&at.segments), full)
 }
 
 /// What a `}` or `]` the parser counted last means for the error's path.
@@ -287,44 +300,39 @@ enum Closer {
     AfterScalar,
 }
 
-/// A nested error's path `below` (relative to the value whose
-/// `Deserialize` raised it) joined to `at`, where the parser stopped, which
-/// may already lie inside that value: the segments of `below` that `at`
-/// ends with are not repeated.
-fn join_nested(at: &str, below: &str) -> String {
-    let mut at_segs = path_segments(at);
-    let below_segs = path_segments(below);
-    // An element's error, raised between elements: the parser has begun
-    // the next element (or closed the list).
-    if below_segs.first().is_some_and(|s| s.starts_with('['))
-        && at_segs.last().is_some_and(|s| s.starts_with('['))
-    {
-        at_segs.pop();
-    }
-    let overlap = (1..=below_segs.len().min(at_segs.len()))
-        .rev()
-        .find(|&k| at_segs[at_segs.len() - k..] == below_segs[..k])
-        .unwrap_or(0);
-    let parent: String = at_segs[..at_segs.len() - overlap].concat();
-    join_path(parent.trim_start_matches('.'), below)
+/// One step of a JSON path.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
 }
 
-/// `a.b[2].c` → `[".a", ".b", "[2]", ".c"]`.
-fn path_segments(path: &str) -> Vec<String> {
-    let mut segs: Vec<String> = Vec::new();
-    for (i, part) in path.split('.').enumerate() {
-        if part.is_empty() && i == 0 {
-            continue;
-        }
-        let (name, indexes) = part.find('[').map_or((part, ""), |j| part.split_at(j));
-        if !name.is_empty() {
-            segs.push(format!(".{name}"));
-        }
-        for idx in indexes.split_inclusive(']') {
-            segs.push(idx.to_string());
+/// `a.b[2].c`; a key is written as it is (an empty key too: `m..x`).
+fn render(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for (i, s) in segments.iter().enumerate() {
+        match s {
+            Segment::Key(k) if i == 0 => out.push_str(k),
+            Segment::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Segment::Index(n) => {
+                out.push('[');
+                out.push_str(&n.to_string());
+                out.push(']');
+            }
         }
     }
-    segs
+    out
+}
+
+/// Where [`path_at`] found the parser.
+struct At {
+    segments: Vec<Segment>,
+    /// The last bytes read were a `,` in a list and the first byte of the
+    /// next element (serde_json's look past an element's end).
+    began_element: bool,
 }
 
 /// One open object or array while [`path_at`] re-reads a document.
@@ -335,10 +343,20 @@ enum Frame {
     Array(usize, bool),
 }
 
-/// The JSON path (`a.b[2].c`, empty for the root) of the value the parser
-/// was in at serde_json's 1-based `line` and `column` (bytes read on that
-/// line, the byte it looked at last included).
-fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> String {
+/// A key's text between its quotes, unescaped (`\u00e9` → `é`).
+fn unescape_key(raw: &[u8]) -> String {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted)
+        .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned())
+}
+
+/// The JSON path of the value the parser was in at serde_json's 1-based
+/// `line` and `column` (bytes read on that line, the byte it looked at last
+/// included).
+fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> At {
     let mut stack: Vec<Frame> = Vec::new();
     let mut r = src.reader();
     let (mut l, mut c) = (1, 0);
@@ -346,6 +364,9 @@ fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> Strin
     let mut escaped = false;
     let mut after_scalar = false;
     let mut in_scalar = false;
+    // After a `,` in a list: the next value start begins an element.
+    let mut after_comma = false;
+    let mut began_element = false;
     let begin = |stack: &mut Vec<Frame>| {
         if let Some(Frame::Array(_, started)) = stack.last_mut() {
             *started = true;
@@ -359,25 +380,55 @@ fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> Strin
             c += 1;
         }
         if let Some(text) = in_string.as_mut() {
+            began_element = false;
             if escaped {
                 escaped = false;
             } else if b == b'\\' {
                 escaped = true;
             } else if b == b'"' {
                 // A string right after `{` or `,` in an object is a key.
-                let text = String::from_utf8_lossy(text).into_owned();
+                let key = unescape_key(text);
                 in_string = None;
-                if let Some(Frame::Object(key @ None)) = stack.last_mut() {
-                    *key = Some(text);
+                if let Some(Frame::Object(slot @ None)) = stack.last_mut() {
+                    *slot = Some(key);
                 }
                 continue;
             }
             text.push(b);
             continue;
         }
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            after_scalar = after_scalar || in_scalar;
+            in_scalar = false;
+            continue;
+        }
         let was_scalar = in_scalar;
         in_scalar = false;
+        let value_start = !matches!(b, b'}' | b']' | b',' | b':');
+        began_element = value_start
+            && after_comma
+            && !was_scalar
+            && matches!(stack.last(), Some(Frame::Array(..)));
+        after_comma = false;
         match b {
+            // serde_json looks one byte past a number or literal: the
+            // error is about the scalar, not what that byte starts or ends.
+            b'}' | b']' | b','
+                if closer == Closer::AfterScalar
+                    && (was_scalar || after_scalar)
+                    && (l, c) >= (line, column) => {}
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object(key)) => *key = None,
+                Some(Frame::Array(i, started)) => {
+                    (*i, *started) = (*i + 1, false);
+                    after_comma = true;
+                }
+                None => {}
+            },
+            b':' => {}
             b'"' => {
                 if !matches!(stack.last(), Some(Frame::Object(None))) {
                     begin(&mut stack);
@@ -392,25 +443,6 @@ fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> Strin
                     Frame::Array(0, false)
                 });
             }
-            // serde_json looks one byte past a number or literal: the
-            // error is about the scalar, not what that byte starts or ends.
-            b'}' | b']' | b','
-                if closer == Closer::AfterScalar
-                    && (was_scalar || after_scalar)
-                    && (l, c) >= (line, column) => {}
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Object(key)) => *key = None,
-                Some(Frame::Array(i, started)) => (*i, *started) = (*i + 1, false),
-                None => {}
-            },
-            b':' => {}
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                after_scalar = after_scalar || was_scalar;
-                continue;
-            }
             _ => {
                 if !was_scalar {
                     begin(&mut stack);
@@ -420,15 +452,18 @@ fn path_at(src: Source<'_>, line: usize, column: usize, closer: Closer) -> Strin
         }
         after_scalar = false;
     }
-    let mut path = String::new();
-    for f in &stack {
-        match f {
-            Frame::Object(Some(k)) => path = join_path(&path, k),
-            Frame::Array(i, true) => path.push_str(&format!("[{i}]")),
-            _ => {}
-        }
+    let segments = stack
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Object(Some(k)) => Some(Segment::Key(k)),
+            Frame::Array(i, true) => Some(Segment::Index(i)),
+            _ => None,
+        })
+        .collect();
+    At {
+        segments,
+        began_element,
     }
-    path
 }
 
 /// Marks a [`nested_error`]'s path inside a serde error message.
@@ -851,6 +886,71 @@ mod tests {
     struct Inner {
         x: u32,
         y: Option<String>,
+    }
+
+    /// A map whose values must not be 0, refused as it is read.
+    #[derive(Debug)]
+    struct NoZero;
+
+    impl<'de> Deserialize<'de> for NoZero {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(NoZeroVisitor)
+        }
+    }
+
+    struct NoZeroVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for NoZeroVisitor {
+        type Value = NoZero;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("counts")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoZero, A::Error> {
+            while let Some((k, v)) = map.next_entry::<String, u32>()? {
+                if v == 0 {
+                    return Err(nested_error(ConfigError::new(k, "must not be 0")));
+                }
+            }
+            Ok(NoZero)
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Probe {
+        m: Option<std::collections::BTreeMap<String, Inner>>,
+        z: Option<std::collections::BTreeMap<String, NoZero>>,
+        v: Option<Vec<Checked>>,
+        l: Option<std::collections::BTreeMap<String, Checked>>,
+    }
+
+    /// Keys as the document means them (escapes undone, empty and
+    /// bracketed keys kept), and nested errors under maps and lists of
+    /// lists (found by a review of the first version).
+    #[test]
+    fn paths_keep_odd_keys_and_nested_lists() {
+        for (doc, want) in [
+            (r#"{"m": {"k\u00e9": {"x": 1.5}}}"#, "m.ké.x"),
+            (r#"{"m": {"a\"b": {"x": 1.5}}}"#, "m.a\"b.x"),
+            (r#"{"\u006d": {"k": {"x": "s"}}}"#, "m.k.x"),
+            (r#"{"m": {"": {"x": "s"}}}"#, "m..x"),
+            (r#"{"z": {"k": {"k": 0}}}"#, "z.k.k"),
+            (r#"{"z": {"z": {"z": 0}}}"#, "z.z.z"),
+            (r#"{"z": {"k": {"j": 1, "k": 0, "y": 2}}}"#, "z.k.k"),
+            (r#"{"v": [[1], [2, 0]]}"#, "v[1][1].weight"),
+            (r#"{"v": [[1], [2, 0, 3]]}"#, "v[1][1].weight"),
+            (r#"{"v": [[0, 1]]}"#, "v[0][0].weight"),
+            (r#"{"v": [[1], [0]], "m": {}}"#, "v[1][0].weight"),
+            (r#"{"l": {"x[3]": [0]}}"#, "l.x[3][0].weight"),
+        ] {
+            let err = parse_document::<Probe>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.path, want, "{doc}: {err}");
+            let chunked = chunked(doc.as_bytes(), 1, |s| parse_document::<Probe>(s)).unwrap_err();
+            assert_eq!(chunked, err, "{doc}");
+        }
     }
 
     /// Where serde_json stops for each kind of error, and the path named:
