@@ -6,10 +6,11 @@
 //! queue last, so the holder registers it again on every tick: it becomes
 //! the notified VM within one tick of taking the lease, and ticks drain the
 //! queue anyway should a notification go elsewhere. A VM that lost the lease
-//! keeps flushing what it already holds, so a lease change loses nothing.
+//! keeps flushing what it already holds, so a lease change loses nothing;
+//! a VM that shuts down puts what it holds back on the queue.
 //!
 //! Nothing here waits: on_log only appends to its VM's held batch, which
-//! goes on the queue as one item (the stage's `Pending`); the sender's work
+//! goes on the queue as one item ([`Held`]); the sender's work
 //! is a few host calls per item plus one callout per batch, and a slow or dead collector
 //! only makes the buffer fill up (then new records are dropped and counted).
 //!
@@ -42,6 +43,25 @@ const MAX_DRAIN: usize = 4096;
 
 /// Header carrying the batch id (same on every retry of a batch).
 pub const BATCH_ID_HEADER: &str = "x-switchyard-batch-id";
+
+/// Records joined into one shared-queue item, up to [`ITEM_MAX_RECORDS`]
+/// or [`ITEM_MAX_BYTES`] (a longer record goes alone), joined by `\n`: a
+/// record's JSON never holds a raw newline (control bytes are escaped).
+///
+/// Each queue item wakes the sender's VM (a callback, a dequeue and its
+/// bookkeeping: ~6 crossings), so a VM holds its records and puts them on
+/// the queue together: when an item is full, on the VM's tick and when it
+/// shuts down.
+#[derive(Default)]
+pub struct Held {
+    lines: String,
+    records: u64,
+}
+
+/// Records per queue item at most.
+pub const ITEM_MAX_RECORDS: u64 = 64;
+/// Bytes per queue item at most.
+pub const ITEM_MAX_BYTES: usize = 64 << 10;
 
 /// Where records go: the queue, found by name in this plugin's vm_id.
 pub struct QueueRef {
@@ -107,7 +127,37 @@ impl QueueRef {
         }
     }
 
-    /// Puts one encoded record on the queue; false if the host refused.
+    /// Adds `line` to `held`: `held` goes on the queue first if `line`
+    /// would overflow it, and after if it is then full. Returns how many
+    /// records the host refused (the caller counts them dropped).
+    pub fn hold(&self, held: &mut Held, line: &str) -> u64 {
+        let mut refused = 0;
+        if !held.lines.is_empty() && held.lines.len() + 1 + line.len() > ITEM_MAX_BYTES {
+            refused += self.put(held);
+        }
+        if !held.lines.is_empty() {
+            held.lines.push('\n');
+        }
+        held.lines.push_str(line);
+        held.records += 1;
+        if held.records >= ITEM_MAX_RECORDS || held.lines.len() >= ITEM_MAX_BYTES {
+            refused += self.put(held);
+        }
+        refused
+    }
+
+    /// Puts `held` on the queue as one item and empties it; returns how
+    /// many records the host refused.
+    pub fn put(&self, held: &mut Held) -> u64 {
+        let Held { lines, records } = std::mem::take(held);
+        if records > 0 && !self.enqueue(&lines) {
+            records
+        } else {
+            0
+        }
+    }
+
+    /// Puts one item on the queue; false if the host refused.
     pub fn enqueue(&self, record: &str) -> bool {
         let Some(id) = self.id() else { return false };
         match host::enqueue(id, record.as_bytes()) {
@@ -200,8 +250,23 @@ impl Sender {
         self.report_depth();
     }
 
-    /// Gives the lease up (VM shutting down).
+    /// The VM is shutting down: what this sender holds (in flight,
+    /// awaiting a retry, buffered) goes back on the queue for the next
+    /// holder, and the lease is given up. A batch in flight may then be
+    /// delivered twice (its answer never reaches this VM); none is lost.
     pub fn release(&self) {
+        let records = self.shipper.borrow_mut().take_all();
+        let mut held = Held::default();
+        let mut refused = 0;
+        for r in &records {
+            refused += self.queue.hold(&mut held, r);
+        }
+        refused += self.queue.put(&mut held);
+        if refused > 0 {
+            self.metrics
+                .drop_records(&self.metrics.dropped_enqueue, refused);
+        }
+        self.report_depth();
         let _ = self.lease.release();
     }
 

@@ -132,6 +132,18 @@ impl Shipper {
         self.in_flight.as_ref()
     }
 
+    /// Everything held, oldest first (in flight, waiting, buffered), and
+    /// nothing held after: for handing the records to another sender.
+    pub fn take_all(&mut self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.held());
+        out.extend(self.in_flight.take().into_iter().flat_map(|b| b.records));
+        out.extend(self.waiting.take().into_iter().flat_map(|(b, _)| b.records));
+        out.extend(self.buffer.drain(..));
+        self.buffer_bytes = 0;
+        self.oldest_ns = None;
+        out
+    }
+
     /// Takes a record; `false` when the buffer is full and it was dropped
     /// (the caller counts it).
     pub fn push(&mut self, record: String, now_ns: u64) -> bool {

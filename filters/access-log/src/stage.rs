@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::record::{self, Attr, Source};
-use crate::sender::{QueueRef, Sender};
+use crate::sender::{Held, QueueRef, Sender};
 use crate::stats::Metrics;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -48,28 +48,9 @@ fn build(
         metrics,
         queue,
         sender,
-        pending: RefCell::default(),
+        held: RefCell::default(),
     }))
 }
-
-/// Records this VM holds before they go on the queue as one item.
-///
-/// Each enqueue makes Envoy wake the sender's VM (a callback, a dequeue and
-/// the sender's bookkeeping: ~6 crossings), so records go in batches: at
-/// [`PENDING_MAX_RECORDS`] or [`PENDING_MAX_BYTES`], on the VM's tick
-/// (every `http.tick_ms`) and when the VM shuts down. A record's JSON never
-/// holds a raw newline (control bytes are escaped), so items are records
-/// joined by `\n`.
-#[derive(Default)]
-struct Pending {
-    lines: String,
-    records: u64,
-}
-
-/// Records per queue item at most.
-const PENDING_MAX_RECORDS: u64 = 64;
-/// Bytes per queue item at most (a record longer than this goes alone).
-const PENDING_MAX_BYTES: usize = 64 << 10;
 
 /// Per-VM state: the configuration, metrics, and the HTTP sink's queue and
 /// sender (when configured).
@@ -78,40 +59,18 @@ pub struct AccessLog {
     metrics: Rc<Metrics>,
     queue: Option<Rc<QueueRef>>,
     sender: Option<Rc<Sender>>,
-    pending: RefCell<Pending>,
+    /// Records waiting for the queue: one item per 64 records, tick or
+    /// shutdown ([`Held`]).
+    held: RefCell<Held>,
 }
 
 impl AccessLog {
-    /// Holds `line` for the queue; sends the batch when it is full.
-    fn hold(&self, queue: &QueueRef, line: &str) {
-        let overflow = {
-            let p = self.pending.borrow();
-            !p.lines.is_empty() && p.lines.len() + 1 + line.len() > PENDING_MAX_BYTES
-        };
-        if overflow {
-            self.flush_pending(queue);
-        }
-        let full = {
-            let mut p = self.pending.borrow_mut();
-            if !p.lines.is_empty() {
-                p.lines.push('\n');
-            }
-            p.lines.push_str(line);
-            p.records += 1;
-            p.records >= PENDING_MAX_RECORDS || p.lines.len() >= PENDING_MAX_BYTES
-        };
-        if full {
-            self.flush_pending(queue);
-        }
-    }
-
-    /// Puts the held records on the queue as one item; counts them dropped
-    /// if the host refuses it.
-    fn flush_pending(&self, queue: &QueueRef) {
-        let Pending { lines, records } = std::mem::take(&mut *self.pending.borrow_mut());
-        if records > 0 && !queue.enqueue(&lines) {
+    /// Puts this VM's held records on the queue (its tick, its shutdown).
+    fn flush_held(&self, queue: &QueueRef) {
+        let refused = queue.put(&mut self.held.borrow_mut());
+        if refused > 0 {
             self.metrics
-                .drop_records(&self.metrics.dropped_enqueue, records);
+                .drop_records(&self.metrics.dropped_enqueue, refused);
         }
     }
 }
@@ -226,7 +185,10 @@ impl Stage for AccessLog {
             host::log(LogLevel::Info, &line);
         }
         if let Some(queue) = &self.queue {
-            self.hold(queue, &line);
+            let refused = queue.hold(&mut self.held.borrow_mut(), &line);
+            if refused > 0 {
+                m.drop_records(&m.dropped_enqueue, refused);
+            }
         }
     }
 
@@ -236,7 +198,7 @@ impl Stage for AccessLog {
 
     fn on_tick(&self, root: &RootServices) {
         if let Some(queue) = &self.queue {
-            self.flush_pending(queue);
+            self.flush_held(queue);
         }
         if let Some(sender) = &self.sender {
             sender.on_tick(root);
@@ -251,7 +213,7 @@ impl Stage for AccessLog {
 
     fn on_shutdown(&self, _root: &RootServices) {
         if let Some(queue) = &self.queue {
-            self.flush_pending(queue);
+            self.flush_held(queue);
         }
         if let Some(sender) = &self.sender {
             sender.release();

@@ -639,6 +639,53 @@ fn records_reach_the_queue_in_batches_from_each_vm() {
     assert_eq!(metric(&host, "queue_depth"), 0);
 }
 
+/// The lease holder shuts down holding records (one batch in flight,
+/// others buffered): they go back on the queue and the next holder ships
+/// them. Before, they stayed in the dead VM, still counted as queued.
+#[test]
+fn a_holder_shutting_down_hands_its_records_on() {
+    let host = host(SHIPPING);
+    let w0 = host.start_worker();
+    let w1 = host.start_worker();
+    w0.tick();
+    w1.tick();
+    for i in 0..7 {
+        request(&w0, &format!("d-{i}"), &[]);
+    }
+    host.advance(Duration::from_millis(100));
+    w0.tick();
+    // 5 in flight (never answered), 2 buffered, all in worker 0.
+    assert_eq!(host.http_calls().len(), 1);
+    assert_eq!(metric(&host, "queue_depth"), 7);
+    request(&w1, "d-7", &[]);
+    w0.shutdown();
+    assert_eq!(metric(&host, "queue_depth"), 0, "nothing left in worker 0");
+    // Worker 1 takes the lease at its next tick and drains the queue.
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        host.advance(Duration::from_millis(100));
+        w1.tick();
+        for call in host.http_calls() {
+            if call.worker == 1 {
+                ids.extend(
+                    lines_of(&call.body)
+                        .iter()
+                        .map(|r| r["request_id"].as_str().unwrap_or_default().to_string()),
+                );
+                host.respond_http_call(call.token, CallOutcome::status(200, ""));
+            }
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["d-0", "d-1", "d-2", "d-3", "d-4", "d-5", "d-6", "d-7"]
+    );
+    assert_eq!(metric(&host, "delivered"), 8);
+    assert_eq!(metric(&host, "dropped"), 0);
+    assert_eq!(metric(&host, "queue_depth"), 0);
+}
+
 /// A record longer than the item limit (64 KiB) goes alone; the ones
 /// held before it go first, in order.
 #[test]
