@@ -349,7 +349,10 @@ fn unescape_key(raw: &[u8]) -> String {
     quoted.push(b'"');
     quoted.extend_from_slice(raw);
     quoted.push(b'"');
-    serde_json::from_slice::<String>(&quoted)
+    // Through the reader every configuration is parsed with: no second
+    // copy of serde_json's string parser in the module.
+    let mut de = serde_json::Deserializer::from_reader(Source::Bytes(&quoted).reader());
+    <String as serde::Deserialize>::deserialize(&mut de)
         .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned())
 }
 
