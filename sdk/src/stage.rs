@@ -13,9 +13,8 @@
 //!   own writes, so later stages and `on_log` read it for free;
 //! - header writes are collected and applied once at the end of the phase,
 //!   one host call per header (a set supersedes earlier edits of the name);
-//! - properties are read once per request and memoised, and a stage that
-//!   knows it will read several asks for them in one host call
-//!   ([`Exchange::prefetch`]);
+//! - properties are read once per request and memoised (one host call
+//!   each: a CEL list of them through `expr_evaluate` measured slower);
 //! - the clock is read once per phase;
 //! - decisions of earlier stages ([`Decisions`]) are plain fields, so a
 //!   later stage (the access log) reads them without a header a client

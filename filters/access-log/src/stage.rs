@@ -170,9 +170,9 @@ impl Stage for AccessLog {
     fn on_log(&self, ex: &mut Exchange) {
         let m = &self.metrics;
         // Attributes are read one by one (`Exchange::property`), not in
-        // one CEL batch (`Exchange::prefetch`): in Envoy 1.40 the batch of
-        // the record's attributes cost ~13 µs more per request than the
-        // reads it saves (BENCHMARKS.md, seventh session).
+        // one CEL list through `expr_evaluate`: in Envoy 1.40 that cost
+        // ~13 µs more per request than the reads it saved (BENCHMARKS.md,
+        // seventh session).
         let mut source = ExchangeSource(ex);
         if record::decide(&self.config.sampling, &mut source).is_none() {
             m.sampled_out.inc();
