@@ -58,6 +58,13 @@ pub struct Held {
     records: u64,
 }
 
+impl Held {
+    /// Records held.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+}
+
 /// Records per queue item at most.
 pub const ITEM_MAX_RECORDS: u64 = 64;
 /// Bytes per queue item at most.

@@ -67,10 +67,25 @@ pub struct AccessLog {
 impl AccessLog {
     /// Puts this VM's held records on the queue (its tick, its shutdown).
     fn flush_held(&self, queue: &QueueRef) {
-        let refused = queue.put(&mut self.held.borrow_mut());
+        self.with_held(|held| queue.put(held));
+    }
+
+    /// Runs `f` on the held records, then counts the records it refused
+    /// as dropped and moves `queue_depth` by the change in records held
+    /// (held records count as queued until they are on the queue).
+    fn with_held(&self, f: impl FnOnce(&mut Held) -> u64) {
+        let mut held = self.held.borrow_mut();
+        let before = held.records();
+        let refused = f(&mut held);
+        let after = held.records();
+        let m = &self.metrics;
         if refused > 0 {
-            self.metrics
-                .drop_records(&self.metrics.dropped_enqueue, refused);
+            m.drop_records(&m.dropped_enqueue, refused);
+        }
+        if after != before {
+            let delta = i64::try_from(after).unwrap_or(i64::MAX)
+                - i64::try_from(before).unwrap_or(i64::MAX);
+            m.queue_depth.add(delta);
         }
     }
 }
@@ -185,10 +200,7 @@ impl Stage for AccessLog {
             host::log(LogLevel::Info, &line);
         }
         if let Some(queue) = &self.queue {
-            let refused = queue.hold(&mut self.held.borrow_mut(), &line);
-            if refused > 0 {
-                m.drop_records(&m.dropped_enqueue, refused);
-            }
+            self.with_held(|held| queue.hold(held, &line));
         }
     }
 
