@@ -40,9 +40,15 @@ pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
+    /// Per priority level: [`Policy::Prequal`] once an endpoint of the
+    /// level has a fresh report with its requests in flight, else
+    /// [`Policy::WeightedRoundRobin`]. The default: prequal had the lower
+    /// p99 in every scenario of the quality matrix (BENCHMARKS.md), and
+    /// A58 covers backends that report only utilization.
+    #[default]
+    Auto,
     /// gRFC A58 weights from load reports (configured weights until reports
     /// arrive), earliest-deadline-first.
-    #[default]
     WeightedRoundRobin,
     /// Power of two choices on reported utilization plus local in-flight.
     P2c,
@@ -55,6 +61,19 @@ pub enum Policy {
     RoundRobin,
     /// Random, in proportion to configured weights.
     Random,
+}
+
+impl Policy {
+    /// Whether picks may use Prequal's per-worker estimates (in flight,
+    /// reported in-flight counts, latency), so they must be kept.
+    pub fn uses_estimates(self) -> bool {
+        matches!(self, Policy::Prequal | Policy::Auto)
+    }
+
+    /// Whether levels carry A58 weights from load reports.
+    pub fn uses_report_weights(self) -> bool {
+        matches!(self, Policy::WeightedRoundRobin | Policy::Auto)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -105,7 +124,7 @@ impl Default for Config {
             mode: Mode::Endpoint,
             header: String::new(),
             retry_hosts: 2,
-            policy: Policy::WeightedRoundRobin,
+            policy: Policy::Auto,
             weighted_round_robin: WrrConfig::default(),
             p2c: P2cConfig::default(),
             prequal: PrequalConfig::default(),
@@ -642,7 +661,7 @@ mod tests {
         let c: Config = parse(br#"{"endpoints":[{"address":"127.0.0.1:8080"}]}"#).unwrap();
         assert_eq!(c.mode, Mode::Endpoint);
         assert_eq!(c.header(), "x-switchyard-lb-host");
-        assert_eq!(c.policy, Policy::WeightedRoundRobin);
+        assert_eq!(c.policy, Policy::Auto);
         assert_eq!(c.endpoints[0].weight, 1);
         assert_eq!(c.weighted_round_robin.blackout_period_ms, 10_000);
         assert_eq!(c.tick_ms(), TABLE_SYNC_MS);

@@ -129,7 +129,7 @@ impl Picker {
                 old_maglevs.push(m);
             }
         }
-        let use_dynamic = config.policy == Policy::WeightedRoundRobin;
+        let use_dynamic = config.policy.uses_report_weights();
         // invariant: every member index below came from `table` itself.
         let priorities: Vec<u8> = levels.iter().map(|(p, _)| *p).collect();
         let built = levels
@@ -252,12 +252,18 @@ impl Picker {
                 },
                 (Policy::Random, _) => weighted_random(&l.members, &l.weights, rng),
                 (Policy::P2c, _) => p2c(l, rng, signals, self.in_flight_cost),
-                (Policy::Prequal, _) => {
+                (Policy::Prequal | Policy::Auto, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
-                    let (choices, q) = self.prequal;
-                    let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
-                    *l.members.get(k)?
+                    if self.policy == Policy::Auto && !estimates.iter().any(|e| e.reported) {
+                        // No in-flight counts reported: A58 weights.
+                        l.edf.pick()?
+                    } else {
+                        let (choices, q) = self.prequal;
+                        let k =
+                            prequal::choose(&estimates, &l.penalties, &l.weights, choices, q, rng)?;
+                        *l.members.get(k)?
+                    }
                 }
                 _ => l.edf.pick()?,
             }
@@ -610,6 +616,38 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(p.pick(None, &mut rng, &inputs, false).unwrap().first, 2);
         }
+    }
+
+    #[test]
+    fn auto_picks_by_a58_weights_until_in_flight_counts_are_reported() {
+        let mut t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 0, 1)]);
+        for (e, w) in t.endpoints.iter_mut().zip([125.0, 250.0, 500.0]) {
+            e.dyn_weight = w;
+        }
+        let c = config("");
+        assert_eq!(c.policy, Policy::Auto);
+        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        // No in-flight counts: the A58 weights decide.
+        assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
+        // Reported counts: Prequal; c is hot, b the faster cold one.
+        let est = |rif: f64, ms: f64| Estimate {
+            rif,
+            reported: true,
+            load: None,
+            latency_ns: Some(ms * 1e6),
+        };
+        let inputs = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, est(3.0, 20.0)),
+            1 => (0.0, 0, est(2.0, 10.0)),
+            _ => (0.0, 0, est(9.0, 1.0)),
+        });
+        let mut rng = Rng::new(5);
+        let mut got = [0; 3];
+        for _ in 0..300 {
+            got[p.pick(None, &mut rng, &inputs, false).unwrap().first] += 1;
+        }
+        assert_eq!(got[2], 0, "{got:?}");
+        assert!(got[1] > got[0], "{got:?}");
     }
 
     #[test]

@@ -205,7 +205,10 @@ impl Live {
 
 /// The hot-cold rule over a level: `estimates[k]` belongs to member `k`,
 /// `penalties[k]` is its relative success when observed failures penalise
-/// it (`crate::observed`). Samples `choices` distinct members (all when
+/// it (`crate::observed`), `weights[k]` its configured weight (≥ 1; empty:
+/// all alike). A load counts per unit of weight relative to the level's
+/// mean, as Envoy's `least_request` divides by weight: an endpoint of
+/// twice the mean weight is as hot as one of the mean at half its load. Samples `choices` distinct members (all when
 /// fewer) and returns the chosen member's index into `estimates`; `None`
 /// for an empty level.
 ///
@@ -220,6 +223,7 @@ impl Live {
 pub fn choose(
     estimates: &[Estimate],
     penalties: &[Option<f64>],
+    weights: &[u32],
     choices: usize,
     hot_quantile: f64,
     rng: &mut Rng,
@@ -245,6 +249,11 @@ pub fn choose(
     let typical_load = median(&reported);
     let latencies: Vec<f64> = estimates.iter().filter_map(|e| e.latency_ns).collect();
     let typical_latency = median(&latencies).unwrap_or(0.0);
+    let mean_weight = if weights.is_empty() {
+        1.0
+    } else {
+        weights.iter().map(|&w| f64::from(w.max(1))).sum::<f64>() / weights.len() as f64
+    };
     let loads: Vec<f64> = estimates
         .iter()
         .enumerate()
@@ -258,6 +267,9 @@ pub fn choose(
             // Observed failures count against an endpoint whatever it reports.
             if let Some(s) = penalties.get(k).copied().flatten() {
                 l = (l + 1.0) / s.max(1e-6);
+            }
+            if let Some(&w) = weights.get(k) {
+                l *= mean_weight / f64::from(w.max(1));
             }
             l
         })
@@ -335,7 +347,7 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut c = vec![0; estimates.len()];
         for _ in 0..3000 {
-            c[choose(estimates, &[], choices, q, &mut rng).unwrap()] += 1;
+            c[choose(estimates, &[], &[], choices, q, &mut rng).unwrap()] += 1;
         }
         c
     }
@@ -432,10 +444,29 @@ mod tests {
     }
 
     #[test]
+    fn configured_weights_scale_the_load() {
+        // Equal counts: the heavier endpoint has room per unit of weight.
+        let e = [est(4.0, None, None), est(4.0, None, None)];
+        let mut rng = Rng::new(9);
+        for (weights, want) in [([1, 3], 1), ([3, 1], 0)] {
+            for _ in 0..200 {
+                assert_eq!(choose(&e, &[], &weights, 2, 0.8, &mut rng), Some(want));
+            }
+        }
+        // A 1:9 canary at in-flight counts in proportion stays cold.
+        let e = [est(1.0, None, None), est(9.0, None, None)];
+        let mut c = [0; 2];
+        for _ in 0..1000 {
+            c[choose(&e, &[], &[1, 9], 2, 0.8, &mut rng).unwrap_or(0)] += 1;
+        }
+        assert!(c[0] > 0 && c[1] > 0, "{c:?}");
+    }
+
+    #[test]
     fn observed_failures_make_an_idle_reporter_hot() {
         let e = [est(0.0, None, Some(1.0)), est(4.0, None, Some(10.0))];
         let mut rng = Rng::new(3);
-        let picked = choose(&e, &[Some(0.2), None], 2, 0.0, &mut rng);
+        let picked = choose(&e, &[Some(0.2), None], &[], 2, 0.0, &mut rng);
         assert_eq!(picked, Some(1));
     }
 

@@ -347,17 +347,17 @@ impl LoadBalancer {
         // The request's moment is precise enough for a report stamp
         // (weights expire after seconds): no clock read here.
         let at_ns = ex.request_clock_nanos();
-        if config.policy == Policy::Prequal {
+        if config.policy.uses_estimates() {
             let rif = r
                 .named_metrics
                 .get(&config.prequal.in_flight_metric)
                 .copied();
-            // The answer's moment: in-flight counts move by the ms.
-            let now = ex.now_nanos();
-            self.picking
-                .borrow_mut()
-                .live
-                .report(e.slot, rif, utilization, now);
+            // Stamped by the tick clock (20 ms), as latencies are: a report
+            // counts for `max_age_ms` (1 s), and a clock read here would be
+            // a crossing per response.
+            let mut picking = self.picking.borrow_mut();
+            let at = picking.tick_ns.max(at_ns);
+            picking.live.report(e.slot, rif, utilization, at);
         }
         self.store.store_report(
             e.slot,
@@ -378,7 +378,7 @@ impl LoadBalancer {
         // Prequal's latency: Envoy's own measure of the upstream (its
         // router adds it to every response it proxies), no clock read;
         // successful answers only (a fast failure is no fast endpoint).
-        let service_ms = (self.store.config.policy == Policy::Prequal && !failed)
+        let service_ms = (self.store.config.policy.uses_estimates() && !failed)
             .then(|| {
                 ex.response()
                     .get_str(UPSTREAM_SERVICE_TIME)
