@@ -10,7 +10,8 @@
 //! line readers (JavaScript) split on them.
 
 use crate::timefmt;
-use serde_json::{Map, Value, json};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -124,101 +125,203 @@ pub fn json_lines<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
 }
 
 /// An OTLP/HTTP JSON `ExportLogsServiceRequest` with one log record per
-/// line: the record's fields become attributes, its start time the
-/// `timeUnixNano`, the severity follows the status (5xx ERROR, 4xx WARN).
-/// Lines that do not parse (never ours) are carried as a string body.
+/// line: the record's fields become attributes (in the line's order), its
+/// start time the `timeUnixNano`, the severity follows the status (5xx
+/// ERROR, 4xx WARN). Lines that do not parse as a JSON object (never ours)
+/// are carried as a string body.
+///
+/// Written straight from each line's members, values copied as they are:
+/// no `serde_json::Value` tree (which cost the module ~15 KB of code).
 pub fn otlp_logs<S: AsRef<str>>(lines: &[S], observed_unix_nanos: u64, service: &str) -> Vec<u8> {
-    let records: Vec<Value> = lines
-        .iter()
-        .map(|l| otlp_record(l.as_ref(), observed_unix_nanos))
-        .collect();
-    let doc = json!({
-        "resourceLogs": [{
-            "resource": { "attributes": [
-                { "key": "service.name", "value": { "stringValue": service } }
-            ]},
-            "scopeLogs": [{
-                "scope": { "name": "switchyard.access-log" },
-                "logRecords": records
-            }]
-        }]
-    });
-    // Values decoded from the lines hold U+2028/U+2029 unescaped again.
-    escape_line_separators(serde_json::to_vec(&doc).unwrap_or_default())
+    let size: usize = lines.iter().map(|l| 2 * l.as_ref().len() + 256).sum();
+    let mut out = String::with_capacity(size + 192);
+    out.push_str(r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"#);
+    push_json_str(&mut out, service);
+    out.push_str(r#"}}]},"scopeLogs":[{"scope":{"name":"switchyard.access-log"},"logRecords":["#);
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_otlp_record(&mut out, line.as_ref(), observed_unix_nanos);
+    }
+    out.push_str("]}]}]}");
+    // Raw values copied from lines may hold U+2028/U+2029 unescaped.
+    escape_line_separators(out.into_bytes())
 }
 
-fn otlp_record(line: &str, observed: u64) -> Value {
-    let fields: Map<String, Value> = match serde_json::from_str(line) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            return json!({
-                "observedTimeUnixNano": observed.to_string(),
-                "body": { "stringValue": line },
-            });
+/// A JSON object's members in document order, values left as text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
         }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Members<'a> {
+    /// The last member named `key` (a JSON object's last duplicate wins).
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The members without earlier duplicates of a later key, in order.
+    fn distinct(&self) -> impl Iterator<Item = &(String, &'a RawValue)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| !self.0[i + 1..].iter().any(|(later, _)| later == k))
+            .map(|(_, m)| m)
+    }
+
+    /// The first of `keys` whose value is a string, unescaped.
+    fn text(&self, keys: &[&str]) -> Option<String> {
+        keys.iter()
+            .find_map(|k| serde_json::from_str::<String>(self.get(k)?.get()).ok())
+    }
+
+    /// The first of `keys` whose value is an integer ≥ 0.
+    fn unsigned(&self, keys: &[&str]) -> Option<u64> {
+        keys.iter().find_map(|k| self.get(k)?.get().parse().ok())
+    }
+}
+
+fn push_otlp_record(out: &mut String, line: &str, observed: u64) {
+    let Ok(fields) = serde_json::from_str::<Members>(line) else {
+        out.push_str(r#"{"observedTimeUnixNano":""#);
+        out.push_str(&observed.to_string());
+        out.push_str(r#"","body":{"stringValue":"#);
+        push_json_str(out, line);
+        out.push_str("}}");
+        return;
     };
-    let time = ["start_time", "timestamp"]
-        .iter()
-        .find_map(|k| fields.get(*k)?.as_str())
-        .and_then(timefmt::parse_rfc3339)
+    let time = fields
+        .text(&["start_time", "timestamp"])
+        .and_then(|t| timefmt::parse_rfc3339(&t))
         .unwrap_or(observed);
-    let status = ["response_code", "http.response.status_code"]
-        .iter()
-        .find_map(|k| fields.get(*k)?.as_u64())
+    let status = fields
+        .unsigned(&["response_code", "http.response.status_code"])
         .unwrap_or(0);
     let (number, text) = match status {
-        500.. | 0 => (17, "ERROR"),
-        400..=499 => (13, "WARN"),
-        _ => (9, "INFO"),
+        500.. | 0 => ("17", "ERROR"),
+        400..=499 => ("13", "WARN"),
+        _ => ("9", "INFO"),
     };
-    let attributes: Vec<Value> = fields
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| json!({ "key": k, "value": any_value(v) }))
-        .collect();
-    json!({
-        "timeUnixNano": time.to_string(),
-        "observedTimeUnixNano": observed.to_string(),
-        "severityNumber": number,
-        "severityText": text,
-        "body": { "stringValue": summary(&fields, status) },
-        "attributes": attributes,
-    })
-}
-
-/// `GET /path 200`, the log line a human reads first.
-fn summary(fields: &Map<String, Value>, status: u64) -> String {
-    let get = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| fields.get(*k)?.as_str())
-            .unwrap_or("-")
-            .to_string()
-    };
-    format!(
+    let summary = format!(
         "{} {} {}",
-        get(&["method", "http.request.method"]),
-        get(&["path", "url.path"]),
+        fields
+            .text(&["method", "http.request.method"])
+            .as_deref()
+            .unwrap_or("-"),
+        fields.text(&["path", "url.path"]).as_deref().unwrap_or("-"),
         status
-    )
+    );
+    out.push_str(r#"{"timeUnixNano":""#);
+    out.push_str(&time.to_string());
+    out.push_str(r#"","observedTimeUnixNano":""#);
+    out.push_str(&observed.to_string());
+    out.push_str(r#"","severityNumber":"#);
+    out.push_str(number);
+    out.push_str(r#","severityText":""#);
+    out.push_str(text);
+    out.push_str(r#"","body":{"stringValue":"#);
+    push_json_str(out, &summary);
+    out.push_str(r#"},"attributes":["#);
+    let mut first = true;
+    for (key, value) in fields.distinct().filter(|(_, v)| v.get() != "null") {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        push_key_value(out, key, value);
+    }
+    out.push_str("]}");
 }
 
-/// OTLP's `AnyValue` in proto3 JSON (64-bit integers as strings).
-fn any_value(v: &Value) -> Value {
-    match v {
-        Value::String(s) => json!({ "stringValue": s }),
-        Value::Bool(b) => json!({ "boolValue": b }),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => json!({ "intValue": i.to_string() }),
-            (None, Some(u)) => json!({ "intValue": u.to_string() }),
-            _ => json!({ "doubleValue": n.as_f64().unwrap_or(0.0) }),
-        },
-        Value::Array(a) => {
-            json!({ "arrayValue": { "values": a.iter().map(any_value).collect::<Vec<_>>() } })
+/// `{"key":…,"value":AnyValue}`.
+fn push_key_value(out: &mut String, key: &str, value: &RawValue) {
+    out.push_str(r#"{"key":"#);
+    push_json_str(out, key);
+    out.push_str(r#","value":"#);
+    push_any_value(out, value);
+    out.push('}');
+}
+
+/// OTLP's `AnyValue` in proto3 JSON (64-bit integers as strings), from a
+/// valid JSON value's text.
+fn push_any_value(out: &mut String, raw: &RawValue) {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            out.push_str(r#"{"stringValue":"#);
+            out.push_str(text);
+            out.push('}');
         }
-        Value::Object(m) => json!({ "kvlistValue": { "values": m.iter()
-            .map(|(k, v)| json!({ "key": k, "value": any_value(v) }))
-            .collect::<Vec<_>>() } }),
-        Value::Null => json!({}),
+        Some(b't' | b'f') => {
+            out.push_str(r#"{"boolValue":"#);
+            out.push_str(text);
+            out.push('}');
+        }
+        Some(b'[') => {
+            out.push_str(r#"{"arrayValue":{"values":["#);
+            let items: Vec<&RawValue> = serde_json::from_str(text).unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_any_value(out, item);
+            }
+            out.push_str("]}}");
+        }
+        Some(b'{') => {
+            out.push_str(r#"{"kvlistValue":{"values":["#);
+            let members = serde_json::from_str::<Members>(text).unwrap_or(Members(Vec::new()));
+            for (i, (key, value)) in members.distinct().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_key_value(out, key, value);
+            }
+            out.push_str("]}}");
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            // serde_json's reading: integers that fit 64 bits, except -0
+            // (a float there), are integers; the rest floats.
+            let int = (text != "-0")
+                .then(|| {
+                    text.parse::<i64>()
+                        .map(|i| i.to_string())
+                        .or_else(|_| text.parse::<u64>().map(|u| u.to_string()))
+                        .ok()
+                })
+                .flatten();
+            match int {
+                Some(i) => {
+                    out.push_str(r#"{"intValue":""#);
+                    out.push_str(&i);
+                    out.push_str(r#""}"#);
+                }
+                None => {
+                    out.push_str(r#"{"doubleValue":"#);
+                    out.push_str(text);
+                    out.push('}');
+                }
+            }
+        }
+        // null (inside arrays and objects; left out at the top).
+        _ => out.push_str("{}"),
     }
 }
 
@@ -228,6 +331,7 @@ mod tests {
     use crate::config::Config;
     use crate::record::{Facts, line};
     use crate::testutil::Rng;
+    use serde_json::Value;
     use switchyard_sdk::stage::Decisions;
 
     fn hostile_facts(v: &[u8]) -> Facts {
@@ -306,6 +410,106 @@ mod tests {
         let body = json_lines(&["{\"a\":1}", "{\"b\":2}"]);
         assert_eq!(body, b"{\"a\":1}\n{\"b\":2}\n");
         assert!(json_lines::<&str>(&[]).is_empty());
+    }
+
+    /// The encoder this module had before it wrote OTLP directly: a
+    /// `serde_json::Value` tree per line. The oracle for the one above.
+    fn oracle_record(line: &str, observed: u64) -> Value {
+        use serde_json::{Map, json};
+        fn any(v: &Value) -> Value {
+            match v {
+                Value::String(s) => json!({ "stringValue": s }),
+                Value::Bool(b) => json!({ "boolValue": b }),
+                Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => json!({ "intValue": i.to_string() }),
+                    (None, Some(u)) => json!({ "intValue": u.to_string() }),
+                    _ => json!({ "doubleValue": n.as_f64().unwrap_or(0.0) }),
+                },
+                Value::Array(a) => {
+                    json!({ "arrayValue": { "values": a.iter().map(any).collect::<Vec<_>>() } })
+                }
+                Value::Object(m) => json!({ "kvlistValue": { "values": m.iter()
+                    .map(|(k, v)| json!({ "key": k, "value": any(v) }))
+                    .collect::<Vec<_>>() } }),
+                Value::Null => json!({}),
+            }
+        }
+        let fields: Map<String, Value> = match serde_json::from_str(line) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return json!({"observedTimeUnixNano": observed.to_string(), "body": {"stringValue": line}});
+            }
+        };
+        let text = |keys: &[&str]| keys.iter().find_map(|k| fields.get(*k)?.as_str());
+        let time = text(&["start_time", "timestamp"])
+            .and_then(timefmt::parse_rfc3339)
+            .unwrap_or(observed);
+        let status = ["response_code", "http.response.status_code"]
+            .iter()
+            .find_map(|k| fields.get(*k)?.as_u64())
+            .unwrap_or(0);
+        let (number, sev) = match status {
+            500.. | 0 => (17, "ERROR"),
+            400..=499 => (13, "WARN"),
+            _ => (9, "INFO"),
+        };
+        let summary = format!(
+            "{} {} {}",
+            text(&["method", "http.request.method"]).unwrap_or("-"),
+            text(&["path", "url.path"]).unwrap_or("-"),
+            status
+        );
+        let attributes: Vec<Value> = fields
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| json!({ "key": k, "value": any(v) }))
+            .collect();
+        json!({"timeUnixNano": time.to_string(), "observedTimeUnixNano": observed.to_string(),
+            "severityNumber": number, "severityText": sev,
+            "body": {"stringValue": summary}, "attributes": attributes})
+    }
+
+    /// Attributes in key order (the oracle's map sorted them; the
+    /// encoder keeps the line's order, which OTLP leaves free).
+    fn sorted(mut record: Value) -> Value {
+        if let Some(a) = record.get_mut("attributes").and_then(Value::as_array_mut) {
+            a.sort_by(|x, y| x["key"].as_str().cmp(&y["key"].as_str()));
+        }
+        record
+    }
+
+    #[test]
+    fn otlp_records_match_the_value_tree_encoding() {
+        let mut lines: Vec<String> = [
+            r#"{"a":-0,"b":1.5,"c":1e3,"d":18446744073709551615,"e":-9223372036854775808,"f":[1,"x",null,true,{"g":null}],"h":{},"i":[],"response_code":"503"}"#,
+            r#"{"dup":1,"dup":2}"#,
+            r#"[1,2]"#,
+            r#""just a string""#,
+            "",
+            r#"{"method":"G\u0000T","path":"/\u2028","response_code":404}"#,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for naming in ["envoy", "otel"] {
+            let c: Config = switchyard_sdk::config::parse(
+                format!(r#"{{"naming":"{naming}","max_field_bytes":64,"request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
+            )
+            .unwrap();
+            for _ in 0..500 {
+                lines.push(line(&c, &mut hostile_facts(&rng.bytes(40))));
+            }
+        }
+        let body = otlp_logs(&lines, 7, "svc");
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        let recs = doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+            .as_array()
+            .unwrap();
+        assert_eq!(recs.len(), lines.len());
+        for (got, l) in recs.iter().zip(&lines) {
+            assert_eq!(sorted(got.clone()), sorted(oracle_record(l, 7)), "{l}");
+        }
     }
 
     #[test]
