@@ -252,18 +252,22 @@ impl Picker {
                 },
                 (Policy::Random, _) => weighted_random(&l.members, &l.weights, rng),
                 (Policy::P2c, _) => p2c(l, rng, signals, self.in_flight_cost),
+                // `auto` on A58 unless every member's latest report carried
+                // an in-flight count (checked before any estimate is built).
+                (Policy::Auto, _)
+                    if !l
+                        .members
+                        .iter()
+                        .all(|&i| signals.estimate(i).reports_in_flight) =>
+                {
+                    l.edf.pick()?
+                }
                 (Policy::Prequal | Policy::Auto, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
-                    if self.policy == Policy::Auto && !estimates.iter().any(|e| e.reported) {
-                        // No in-flight counts reported: A58 weights.
-                        l.edf.pick()?
-                    } else {
-                        let (choices, q) = self.prequal;
-                        let k =
-                            prequal::choose(&estimates, &l.penalties, &l.weights, choices, q, rng)?;
-                        *l.members.get(k)?
-                    }
+                    let (choices, q) = self.prequal;
+                    let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
+                    *l.members.get(k)?
                 }
                 _ => l.edf.pick()?,
             }
@@ -407,6 +411,7 @@ mod tests {
     const NONE: Estimate = Estimate {
         rif: 0.0,
         reported: false,
+        reports_in_flight: false,
         load: None,
         latency_ns: None,
     };
@@ -604,6 +609,7 @@ mod tests {
         let est = |rif: f64, ms: f64| Estimate {
             rif,
             reported: true,
+            reports_in_flight: true,
             load: None,
             latency_ns: Some(ms * 1e6),
         };
@@ -633,6 +639,7 @@ mod tests {
         let est = |rif: f64, ms: f64| Estimate {
             rif,
             reported: true,
+            reports_in_flight: true,
             load: None,
             latency_ns: Some(ms * 1e6),
         };

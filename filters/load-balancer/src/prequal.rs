@@ -43,6 +43,9 @@ const ALPHA: f64 = 0.2;
 struct Slot {
     /// Requests this worker has in flight there.
     in_flight: u32,
+    /// Whether the latest report this worker received from the endpoint
+    /// carried an in-flight count (the `auto` policy's switch).
+    reports_in_flight: bool,
     /// The latest report with an in-flight count.
     report: Option<Seen>,
     /// Requests the endpoint serves at utilization 1 (average); 0 = unknown.
@@ -71,6 +74,9 @@ pub struct Estimate {
     /// Whether `rif` rests on a report (else it is this worker's own
     /// count alone, a lower bound).
     pub reported: bool,
+    /// Whether the endpoint's latest report to this worker carried an
+    /// in-flight count, however old it is.
+    pub reports_in_flight: bool,
     /// Utilization-based load (see the module docs); `None` without a
     /// reported utilization and capacity.
     pub load: Option<f64>,
@@ -83,6 +89,7 @@ impl Estimate {
     pub const UNKNOWN: Estimate = Estimate {
         rif: f64::MAX,
         reported: false,
+        reports_in_flight: false,
         load: None,
         latency_ns: None,
     };
@@ -127,12 +134,15 @@ impl Live {
     /// A load report from `slot` at `now_ns`: `rif` its requests in flight
     /// (when reported), `utilization` its utilization (A58's choice of
     /// field). Values that are not finite and ≥ 0 are ignored (the report
-    /// parser already refuses them).
+    /// parser already refuses them). A report without a count still
+    /// counts: it clears [`Estimate::reports_in_flight`].
     pub fn report(&mut self, slot: u16, rif: Option<f64>, utilization: f64, now_ns: u64) {
         let Some(s) = self.slots.get_mut(usize::from(slot)) else {
             return;
         };
-        let Some(rif) = rif.filter(|r| r.is_finite() && *r >= 0.0) else {
+        let rif = rif.filter(|r| r.is_finite() && *r >= 0.0);
+        s.reports_in_flight = rif.is_some();
+        let Some(rif) = rif else {
             return;
         };
         s.report = Some(Seen {
@@ -197,6 +207,7 @@ impl Live {
         Estimate {
             rif,
             reported,
+            reports_in_flight: s.reports_in_flight,
             load,
             latency_ns,
         }
@@ -205,10 +216,7 @@ impl Live {
 
 /// The hot-cold rule over a level: `estimates[k]` belongs to member `k`,
 /// `penalties[k]` is its relative success when observed failures penalise
-/// it (`crate::observed`), `weights[k]` its configured weight (≥ 1; empty:
-/// all alike). A load counts per unit of weight relative to the level's
-/// mean, as Envoy's `least_request` divides by weight: an endpoint of
-/// twice the mean weight is as hot as one of the mean at half its load. Samples `choices` distinct members (all when
+/// it (`crate::observed`). Samples `choices` distinct members (all when
 /// fewer) and returns the chosen member's index into `estimates`; `None`
 /// for an empty level.
 ///
@@ -223,7 +231,6 @@ impl Live {
 pub fn choose(
     estimates: &[Estimate],
     penalties: &[Option<f64>],
-    weights: &[u32],
     choices: usize,
     hot_quantile: f64,
     rng: &mut Rng,
@@ -249,11 +256,6 @@ pub fn choose(
     let typical_load = median(&reported);
     let latencies: Vec<f64> = estimates.iter().filter_map(|e| e.latency_ns).collect();
     let typical_latency = median(&latencies).unwrap_or(0.0);
-    let mean_weight = if weights.is_empty() {
-        1.0
-    } else {
-        weights.iter().map(|&w| f64::from(w.max(1))).sum::<f64>() / weights.len() as f64
-    };
     let loads: Vec<f64> = estimates
         .iter()
         .enumerate()
@@ -267,9 +269,6 @@ pub fn choose(
             // Observed failures count against an endpoint whatever it reports.
             if let Some(s) = penalties.get(k).copied().flatten() {
                 l = (l + 1.0) / s.max(1e-6);
-            }
-            if let Some(&w) = weights.get(k) {
-                l *= mean_weight / f64::from(w.max(1));
             }
             l
         })
@@ -338,6 +337,7 @@ mod tests {
         Estimate {
             rif,
             reported: true,
+            reports_in_flight: true,
             load,
             latency_ns: latency_ms.map(|l| l * 1e6),
         }
@@ -347,7 +347,7 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut c = vec![0; estimates.len()];
         for _ in 0..3000 {
-            c[choose(estimates, &[], &[], choices, q, &mut rng).unwrap()] += 1;
+            c[choose(estimates, &[], choices, q, &mut rng).unwrap()] += 1;
         }
         c
     }
@@ -415,6 +415,7 @@ mod tests {
         let stale = Estimate {
             rif: 0.0,
             reported: false,
+            reports_in_flight: true,
             load: None,
             latency_ns: None,
         };
@@ -444,30 +445,30 @@ mod tests {
     }
 
     #[test]
-    fn configured_weights_scale_the_load() {
-        // Equal counts: the heavier endpoint has room per unit of weight.
-        let e = [est(4.0, None, None), est(4.0, None, None)];
-        let mut rng = Rng::new(9);
-        for (weights, want) in [([1, 3], 1), ([3, 1], 0)] {
-            for _ in 0..200 {
-                assert_eq!(choose(&e, &[], &weights, 2, 0.8, &mut rng), Some(want));
-            }
-        }
-        // A 1:9 canary at in-flight counts in proportion stays cold.
-        let e = [est(1.0, None, None), est(9.0, None, None)];
-        let mut c = [0; 2];
-        for _ in 0..1000 {
-            c[choose(&e, &[], &[1, 9], 2, 0.8, &mut rng).unwrap_or(0)] += 1;
-        }
-        assert!(c[0] > 0 && c[1] > 0, "{c:?}");
-    }
-
-    #[test]
     fn observed_failures_make_an_idle_reporter_hot() {
         let e = [est(0.0, None, Some(1.0)), est(4.0, None, Some(10.0))];
         let mut rng = Rng::new(3);
-        let picked = choose(&e, &[Some(0.2), None], &[], 2, 0.0, &mut rng);
+        let picked = choose(&e, &[Some(0.2), None], 2, 0.0, &mut rng);
         assert_eq!(picked, Some(1));
+    }
+
+    #[test]
+    fn a_report_without_a_count_clears_the_switch_but_keeps_the_last_count() {
+        let mut live = Live::new(2, 1_000_000_000);
+        assert!(!live.estimate(0, 0).reports_in_flight, "no report yet");
+        live.report(0, Some(4.0), 0.5, 10);
+        assert!(live.estimate(0, 20).reports_in_flight);
+        live.report(0, None, 0.9, 30);
+        let e = live.estimate(0, 40);
+        assert!(!e.reports_in_flight);
+        assert_eq!(e.rif, 4.0, "the last count still stands for prequal");
+        live.report(0, Some(f64::NAN), 0.9, 50);
+        assert!(
+            !live.estimate(0, 60).reports_in_flight,
+            "an invalid count is none"
+        );
+        live.report(0, Some(1.0), 0.9, 70);
+        assert!(live.estimate(0, 80).reports_in_flight);
     }
 
     #[test]

@@ -759,3 +759,107 @@ fn prequal_follows_the_backends_in_flight_counts_and_this_workers_latencies() {
     let crossings = s.crossings();
     assert!(crossings.total() <= PREQUAL_GET_BUDGET, "{crossings}");
 }
+
+/// Serves 10 new requests on `w`, each by the endpoint picked for it,
+/// with the report `report_of` gives for that endpoint.
+fn serve_picked(w: &Worker, report_of: impl Fn(&str) -> &'static str) {
+    for _ in 0..10 {
+        let (s, pick) = request(w, &[]);
+        let up = first(&pick);
+        respond(&s, &up, "200", Some(report_of(&up)));
+    }
+}
+
+/// B's share of 1000 picks on `w` (each answered, without a report).
+fn share_of_b(w: &Worker) -> usize {
+    let mut b = 0;
+    for _ in 0..1000 {
+        let (s, pick) = request(w, &[]);
+        let up = first(&pick);
+        b += usize::from(up == B);
+        respond(&s, &up, "200", None);
+    }
+    b
+}
+
+const AT_90: &str = "TEXT application_utilization=0.9,rps_fractional=100";
+const AT_10: &str = "TEXT application_utilization=0.1,rps_fractional=100";
+
+/// `auto` (the default) leaves Prequal as soon as the reports stop
+/// carrying in-flight counts, even while this worker holds a request
+/// whose old count Prequal would keep using (found by review: it stayed
+/// on Prequal, and B got half the picks where A58 gives it ~9 of 10).
+#[test]
+fn auto_falls_back_to_a58_when_reports_stop_carrying_in_flight_counts() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    // Counts first: Prequal.
+    serve_picked(
+        &w,
+        |_| "TEXT application_utilization=0.5,rps_fractional=100,named_metrics.in_flight=3",
+    );
+    // A long request (a stream) at A, held open throughout.
+    let held = loop {
+        let (s, pick) = request(&w, &[]);
+        if first(&pick) == A {
+            break s;
+        }
+        respond(&s, &first(&pick), "200", None);
+    };
+    for _ in 0..30 {
+        host.advance(Duration::from_millis(100));
+        w.tick();
+        serve_picked(&w, |up| if up == A { AT_90 } else { AT_10 });
+    }
+    let with_held = share_of_b(&w);
+    respond(&held, A, "200", None);
+    let without = share_of_b(&w);
+    assert!(
+        with_held > 850 && without > 850,
+        "A58 gives B 9 of 10: {with_held} with the long request at A, {without} after"
+    );
+}
+
+/// One endpoint that reports in-flight counts does not take its level
+/// off A58 while the others report utilization only (found by review:
+/// the reporter at 95 % got every pick).
+#[test]
+fn auto_stays_on_a58_until_every_endpoint_reports_in_flight_counts() {
+    const A_COUNTS: &str =
+        "TEXT application_utilization=0.95,rps_fractional=100,named_metrics.in_flight=5";
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    for _ in 0..30 {
+        host.advance(Duration::from_millis(100));
+        w.tick();
+        serve_picked(&w, |up| if up == A { A_COUNTS } else { AT_10 });
+    }
+    let b = share_of_b(&w);
+    assert!(b > 850, "A58 gives B ~9 of 10, got {b} of 1000");
+    // Once B reports its count too, Prequal decides: A with 4 requests
+    // from elsewhere against an idle B (a count includes the request it
+    // answers).
+    for _ in 0..5 {
+        host.advance(Duration::from_millis(100));
+        w.tick();
+        serve_picked(&w, |up| {
+            if up == A {
+                A_COUNTS
+            } else {
+                "TEXT application_utilization=0.1,rps_fractional=100,named_metrics.in_flight=1"
+            }
+        });
+    }
+    let b = share_of_b(&w);
+    assert!(b > 850, "Prequal sends to the idle B, got {b} of 1000");
+}
