@@ -568,7 +568,7 @@ pub fn standard_variants() -> Vec<Variant> {
             include_str!("../templates/bench/native-access-log.yaml"),
         ),
         Variant::new(
-            "load-balancer (default policy: A58 WRR without in-flight reports, override_host)",
+            "load-balancer (default policy auto: Prequal on the in-flight reports, override_host)",
             sy("load-balancer"),
             BASE,
         )

@@ -379,17 +379,6 @@ impl Exchange {
         self.request_clock
     }
 
-    /// A time for bookkeeping that needs this request's moment to the
-    /// millisecond, not the current instant (load-report stamps, failure
-    /// windows): the request-phase clock when a stage read it, else the
-    /// current phase's clock. Saves a crossing in later phases.
-    pub fn request_clock_nanos(&mut self) -> u64 {
-        match self.request_clock {
-            Some(t) => t,
-            None => self.now_nanos(),
-        }
-    }
-
     /// Whether the request ended with its headers (`end_of_stream` of the
     /// request-headers callback): it has no body, so `request.size` is 0.
     pub fn request_ended_with_headers(&self) -> bool {

@@ -334,6 +334,14 @@ mod tests {
     use serde_json::Value;
     use switchyard_sdk::stage::Decisions;
 
+    /// `naming`, short fields, the hostile header selected both ways.
+    fn hostile_config(naming: &str) -> Config {
+        switchyard_sdk::config::parse(
+            format!(r#"{{"naming":"{naming}","max_field_bytes":64,"request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
     fn hostile_facts(v: &[u8]) -> Facts {
         let mut f = Facts::default();
         for name in [
@@ -393,10 +401,7 @@ mod tests {
     fn random_bytes_always_encode_to_one_parsable_line() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for naming in ["envoy", "otel"] {
-            let c: Config = switchyard_sdk::config::parse(
-                format!(r#"{{"naming":"{naming}","max_field_bytes":64,"request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
-            )
-            .unwrap();
+            let c = hostile_config(naming);
             for _ in 0..3_000 {
                 let v = rng.bytes(200);
                 let l = line(&c, &mut hostile_facts(&v));
@@ -493,10 +498,7 @@ mod tests {
         .collect();
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for naming in ["envoy", "otel"] {
-            let c: Config = switchyard_sdk::config::parse(
-                format!(r#"{{"naming":"{naming}","max_field_bytes":64,"request_headers":["x-evil"],"response_headers":["x-evil"]}}"#).as_bytes(),
-            )
-            .unwrap();
+            let c = hostile_config(naming);
             for _ in 0..500 {
                 lines.push(line(&c, &mut hostile_facts(&rng.bytes(40))));
             }

@@ -418,6 +418,17 @@ mod tests {
 
     type Inputs = fn(usize) -> (f64, u32, Estimate);
 
+    /// A reported estimate: `rif` in flight, `ms` latency.
+    fn est(rif: f64, ms: f64) -> Estimate {
+        Estimate {
+            rif,
+            reported: true,
+            reports_in_flight: true,
+            load: None,
+            latency_ns: Some(ms * 1e6),
+        }
+    }
+
     #[allow(non_upper_case_globals)]
     const no_inputs: Fixed<Inputs> = Fixed(|_| (0.0, 0, NONE));
 
@@ -606,13 +617,6 @@ mod tests {
             None,
             &Observed::default(),
         );
-        let est = |rif: f64, ms: f64| Estimate {
-            rif,
-            reported: true,
-            reports_in_flight: true,
-            load: None,
-            latency_ns: Some(ms * 1e6),
-        };
         let inputs = Fixed(move |i: usize| match i {
             0 => (0.0, 0, est(9.0, 1.0)),
             1 => (0.0, 0, est(2.0, 20.0)),
@@ -636,13 +640,6 @@ mod tests {
         // No in-flight counts: the A58 weights decide.
         assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
         // Reported counts: Prequal; c is hot, b the faster cold one.
-        let est = |rif: f64, ms: f64| Estimate {
-            rif,
-            reported: true,
-            reports_in_flight: true,
-            load: None,
-            latency_ns: Some(ms * 1e6),
-        };
         let inputs = Fixed(move |i: usize| match i {
             0 => (0.0, 0, est(3.0, 20.0)),
             1 => (0.0, 0, est(2.0, 10.0)),

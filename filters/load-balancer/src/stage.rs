@@ -344,20 +344,16 @@ impl LoadBalancer {
         };
         let config = &self.store.config;
         let utilization = r.utilization_for(&config.weighted_round_robin.utilization_metrics);
-        // The request's moment is precise enough for a report stamp
-        // (weights expire after seconds): no clock read here.
-        let at_ns = ex.request_clock_nanos();
+        let at_ns = response_stamp(ex, self.picking.borrow().tick_ns);
         if config.policy.uses_estimates() {
             let rif = r
                 .named_metrics
                 .get(&config.prequal.in_flight_metric)
                 .copied();
-            // Stamped by the tick clock (20 ms), as latencies are: a report
-            // counts for `max_age_ms` (1 s), and a clock read here would be
-            // a crossing per response.
-            let mut picking = self.picking.borrow_mut();
-            let at = picking.tick_ns.max(at_ns);
-            picking.live.report(e.slot, rif, utilization, at);
+            self.picking
+                .borrow_mut()
+                .live
+                .report(e.slot, rif, utilization, at_ns);
         }
         self.store.store_report(
             e.slot,
@@ -398,13 +394,12 @@ impl LoadBalancer {
             outcomes.extend(r.picks[..k].iter().map(|&p| (p, true)));
         }
         outcomes.push((s, failed));
-        let now = ex.request_clock_nanos();
         let mut picking = self.picking.borrow_mut();
+        let now = response_stamp(ex, picking.tick_ns);
         if let (Some(ms), Some(e)) = (service_ms, t.endpoints.get(s)) {
-            let at = picking.tick_ns.max(now);
             picking
                 .live
-                .latency(e.slot, ms.saturating_mul(1_000_000), at);
+                .latency(e.slot, ms.saturating_mul(1_000_000), now);
         }
         let mut any_failed = false;
         for (i, failed) in outcomes {
@@ -421,6 +416,19 @@ impl LoadBalancer {
         if any_failed {
             self.current_table(&mut picking);
         }
+    }
+}
+
+/// When a response's bookkeeping (report stamps, latencies, failure
+/// windows) happened, without a clock read: the later of this VM's latest
+/// tick (at most `TABLE_SYNC_MS` old) and the clock a stage read as the
+/// request arrived; the clock itself only before the first tick. Not the
+/// request's start alone: a report answered after a long queue would
+/// look older than one a later, faster request brought, and be dropped.
+fn response_stamp(ex: &mut Exchange, tick_ns: u64) -> u64 {
+    match tick_ns.max(ex.request_phase_clock().unwrap_or(0)) {
+        0 => ex.now_nanos(),
+        t => t,
     }
 }
 

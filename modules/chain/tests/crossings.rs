@@ -44,6 +44,8 @@ fn count(init: extern "C" fn(), config: &Value) -> Crossings {
     let worker = host.start_worker();
     assert!(worker.configured(), "{config}: {:?}", host.logs());
     let mut last = Crossings::default();
+    // Steady state: the VM has ticked (every 20 ms in Envoy).
+    worker.tick();
     // The first requests build per-VM caches (table, per-endpoint metrics).
     for _ in 0..5 {
         let s = worker.http_stream();

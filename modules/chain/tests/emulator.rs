@@ -244,3 +244,64 @@ fn a_request_answered_by_a_later_stage_has_no_endpoint() {
         "{record}"
     );
 }
+
+/// A load report that arrives after a later, faster request's report is
+/// the newer one: the load balancer stamps reports with its tick clock
+/// (or the request's clock, whichever is later), not with when the
+/// request arrived. Before, in a chain whose rate limit had read the
+/// clock as the slow request arrived, its report carried that older time,
+/// and the weight job, having already used the fast request's report,
+/// never used it.
+#[test]
+fn a_slow_requests_report_counts_though_a_later_request_reported_first() {
+    let config = r#"{"stages": [
+      {"rate_limit": {"rules": [{"name": "all", "key": [{"type": "client_address"}],
+                                 "limit": {"requests": 1000, "per": "second", "burst": 1000}}]}},
+      {"load_balancer": {"policy": "weighted_round_robin",
+        "weighted_round_robin": {"blackout_period_ms": 0, "weight_update_period_ms": 100},
+        "endpoints": [{"address": "127.0.0.1:9001", "name": "only"}]}}]}"#;
+    let host = Host::new(switchyard::init).plugin_config(config).build();
+    let w = host.start_worker();
+    assert!(w.configured(), "{:?}", host.logs());
+    let start = || {
+        let s = w.http_stream();
+        envoy_properties::set(&s);
+        s.request_headers(
+            &[(":authority", "a"), (":path", "/"), (":method", "GET")],
+            true,
+        );
+        s.set_property(&["upstream", "address"], "127.0.0.1:9001");
+        s
+    };
+    let answer = |s: Stream, utilization: &str| {
+        let report = format!("TEXT application_utilization={utilization},rps_fractional=10");
+        s.response_headers(
+            &[(":status", "200"), ("endpoint-load-metrics", &report)],
+            true,
+        );
+        s.finish();
+    };
+    let weight = || {
+        host.metrics()
+            .iter()
+            .find(|(k, _)| k.ends_with("weight.only"))
+            .map_or(0, |(_, v)| *v)
+    };
+    let step = |ms| {
+        host.advance(std::time::Duration::from_millis(ms));
+        w.tick();
+    };
+    step(20);
+    let slow = start();
+    step(500);
+    answer(start(), "0.1");
+    step(150);
+    assert_eq!(weight(), 100_000, "the fast request's report: 10 / 0.1");
+    answer(slow, "0.9");
+    step(150);
+    assert_eq!(
+        weight(),
+        11_111,
+        "the slow request's later report: 10 / 0.9"
+    );
+}
