@@ -40,11 +40,12 @@ pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
-    /// Per priority level: [`Policy::Prequal`] once an endpoint of the
-    /// level has a fresh report with its requests in flight, else
-    /// [`Policy::WeightedRoundRobin`]. The default: prequal had the lower
-    /// p99 in every scenario of the quality matrix (BENCHMARKS.md), and
-    /// A58 covers backends that report only utilization.
+    /// Per priority level: [`Policy::Prequal`] while the latest report this
+    /// worker has from every endpoint of the level carried an in-flight
+    /// count, else [`Policy::WeightedRoundRobin`]. The default: Prequal had
+    /// a lower p99 than A58 in every scenario of the quality matrix
+    /// (BENCHMARKS.md), and A58 covers backends that report only
+    /// utilization.
     #[default]
     Auto,
     /// gRFC A58 weights from load reports (configured weights until reports

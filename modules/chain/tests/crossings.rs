@@ -102,7 +102,8 @@ const BUDGETS: &[(&str, usize)] = &[
 /// (2); rate limit: source.address (2), clock, bucket read (2) + CAS write;
 /// load balancer: pick replace (its table is re-synced on the tick);
 /// router: cluster replace; response map (2); upstream.address (2), health
-/// write, report strip (the report's stamp is the request-phase clock);
+/// write, report strip (reports are stamped by the tick or request-phase
+/// clock, no read);
 /// access log: its 4 other attributes one by one (8), clock, log line.
 /// Counters cost nothing per request (flushed on the tick). Was 94 with
 /// four proxy-wasm modules, 40 before three savings; 25 with the access
