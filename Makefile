@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench compat try package harness-image new-filter sweep clean
+.PHONY: all setup build lint unit-test wasm-test validate-configs integration-test test demo bench bench-instructions compat try package harness-image new-filter sweep clean
 
 all: build
 
@@ -77,6 +77,13 @@ bench: setup build
 	$(CARGO) test -q -p switchyard-fixture-filter --test crossings
 	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
 	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --envoy-cpu 0 $(BENCH_ARGS)
+
+## bench-instructions: Envoy's instructions per request of every bench variant under valgrind's
+## callgrind (noise-free ratios; ~1 min per variant). BENCH_ARGS="--only chain" narrows it.
+bench-instructions: setup build
+	@command -v valgrind >/dev/null || { . scripts/lib.sh; apt_install valgrind; }
+	$(CARGO) build -q --profile harness -p switchyard-integration --bin switchyard-harness
+	taskset -c 1-$$(($$(nproc) - 1)) target/harness/switchyard-harness bench --instructions --envoy-cpu 0 $(BENCH_ARGS)
 
 ## try CONFIG=rate-limit: an envoy-configs file as it is, against local example upstreams; prints the curl lines to try.
 try: setup build

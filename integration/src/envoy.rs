@@ -218,6 +218,7 @@ pub struct EnvoyBuilder {
     partials: BTreeMap<String, String>,
     files: BTreeMap<String, String>,
     copies: BTreeMap<String, PathBuf>,
+    wrapper: Vec<String>,
 }
 
 impl EnvoyBuilder {
@@ -231,6 +232,7 @@ impl EnvoyBuilder {
             component_log_level: None,
             startup_timeout: Duration::from_secs(60),
             keep_failed_runs: true,
+            wrapper: Vec::new(),
             cpus: None,
             partials: BTreeMap::new(),
             files: BTreeMap::new(),
@@ -351,7 +353,10 @@ impl EnvoyBuilder {
 
     /// A run directory with the rendered config and files.
     fn prepare(&self) -> Result<RunDir, EnvoyError> {
-        let run = RunDir::new().map_err(setup_error)?;
+        let mut run = RunDir::new().map_err(setup_error)?;
+        if std::env::var_os("XP_KEEP_RUN").is_some() {
+            eprintln!("XP run dir {}", run.keep().display());
+        }
         let config = self.render(run.path()).map_err(setup_error)?;
         run.write("envoy.yaml", &config).map_err(setup_error)?;
         for name in self.files.keys() {
@@ -390,6 +395,15 @@ impl EnvoyBuilder {
         }
     }
 
+    /// Runs the native Envoy binary under `command` (its first word the
+    /// program, the binary and Envoy's arguments appended), e.g. valgrind.
+    /// `{run_dir}` in a word is replaced by the run directory. Ignored by
+    /// the Docker runtime.
+    pub fn wrap(mut self, command: Vec<String>) -> Self {
+        self.wrapper = command;
+        self
+    }
+
     /// Starts Envoy and waits until the admin `/ready` answers 200.
     pub async fn start(self) -> Result<Envoy, EnvoyError> {
         let run = self.prepare()?;
@@ -409,8 +423,23 @@ impl EnvoyBuilder {
             args.push("--component-log-level".into());
             args.push(spec.clone());
         }
-        let (child, container) =
-            spawn(&self.runtime, &run, &args, self.cpus.as_deref()).map_err(setup_error)?;
+        let spawned = match (&self.runtime, self.wrapper.split_first()) {
+            (Runtime::Native { binary }, Some((program, rest))) => {
+                let run_dir = run.path().display().to_string();
+                let mut wrapped: Vec<String> = rest
+                    .iter()
+                    .map(|w| w.replace("{run_dir}", &run_dir))
+                    .collect();
+                wrapped.push(binary.display().to_string());
+                wrapped.extend(args);
+                let runtime = Runtime::Native {
+                    binary: PathBuf::from(program),
+                };
+                spawn(&runtime, &run, &wrapped, self.cpus.as_deref())
+            }
+            _ => spawn(&self.runtime, &run, &args, self.cpus.as_deref()),
+        };
+        let (child, container) = spawned.map_err(setup_error)?;
         let config = std::fs::read_to_string(run.path().join("envoy.yaml"))
             .map_err(|e| setup_error(e.into()))?;
         let mut envoy = Envoy {

@@ -23,6 +23,7 @@ pub mod collector;
 pub mod control;
 pub mod discovery;
 pub mod envoy;
+pub mod instructions;
 pub mod lb_matrix;
 pub mod package;
 pub mod paths;

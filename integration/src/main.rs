@@ -150,6 +150,14 @@ enum Command {
         /// b: 3 proxies, c: antagonist, d: crash, e: gRPC).
         #[arg(long, default_value = "abcde")]
         lb_scenarios: String,
+        /// Count Envoy's instructions per request under valgrind's
+        /// callgrind instead of measuring CPU time and latency (noise-free;
+        /// `make bench-instructions`).
+        #[arg(long)]
+        instructions: bool,
+        /// Counted GETs per variant with --instructions.
+        #[arg(long, default_value_t = 300)]
+        instruction_requests: u64,
     },
 }
 
@@ -307,6 +315,8 @@ async fn real_main() -> Result<ExitCode> {
             only,
             lb_repeats,
             lb_scenarios,
+            instructions,
+            instruction_requests,
         } => {
             let cfg = bench::BenchConfig {
                 rounds,
@@ -317,6 +327,15 @@ async fn real_main() -> Result<ExitCode> {
                 lb_scenarios,
                 ..bench::BenchConfig::default()
             };
+            if instructions {
+                let icfg = switchyard_integration::instructions::InstructionConfig {
+                    requests: instruction_requests,
+                    ..Default::default()
+                };
+                return switchyard_integration::instructions::run_and_write(&cfg, &icfg, &out)
+                    .await
+                    .map(|()| ExitCode::SUCCESS);
+            }
             bench_main(&cfg, &out).await.map(|()| ExitCode::SUCCESS)
         }
     }

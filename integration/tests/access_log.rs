@@ -758,3 +758,95 @@ async fn attributes_hold_envoys_values() {
     assert_eq!(direct["bytes_sent"], 7, "{direct}");
     assert_eq!(direct["upstream_host"], Value::Null, "{direct}");
 }
+
+/// The `filter_state` sink in real Envoy: the record the filter leaves in
+/// filter state in `on_log` is there for the connection manager's own file
+/// access log (`%FILTER_STATE(wasm.switchyard:PLAIN)%`), byte
+/// for byte the line the log sink writes, one line per request, hostile
+/// header bytes included, for an upstream answer and a direct response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_state_sink_hands_records_to_envoys_access_log() {
+    paths::wasm_module("switchyard-access-log").expect("module built (make build)");
+    let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
+    let collector = Collector::start().await.unwrap();
+    let addr = backend.addr();
+    let config = json!({
+        "request_headers": ["x-evil", "x-tenant"],
+        "log": {"enabled": true},
+        "filter_state": {},
+    });
+    let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
+        .var("access_log_config", config.to_string())
+        .var(
+            "backends",
+            vec![json!({"ip": addr.ip().to_string(), "port": addr.port()})],
+        )
+        .var("collector_port", collector.addr().port())
+        .var("inject", true)
+        .var("filter_state_log", true)
+        .concurrency(2)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));
+    let ingress = envoy.listener("ingress").unwrap();
+    let n = 40u64;
+    let plain = n - n / 5;
+    let report = Traffic::new(ingress, Load::count(plain, 4))
+        .request(|i| {
+            RequestSpec::get("shop.test", format!("/fs/{i}"))
+                .header("x-request-id", format!("fs-{i:03}"))
+                .header("x-tenant", format!("t{i}"))
+        })
+        .max_samples(0)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status_count(200),
+        plain,
+        "{}",
+        report.summary_table()
+    );
+    // The rest take the direct-response route, where a Lua filter adds
+    // CR, LF, quotes, invalid UTF-8 and NUL to the request and response
+    // (raw requests: the response is no valid HTTP for a client library).
+    for i in plain..n {
+        let req = format!(
+            "GET /fs/{i} HTTP/1.1\r\nhost: shop.test\r\nx-request-id: fs-{i:03}\r\nx-inject: 1\r\nconnection: close\r\n\r\n"
+        );
+        let status = raw_request(ingress, req.as_bytes());
+        assert!(status.contains(" 200 "), "{status}");
+    }
+
+    // Envoy flushes file access logs about once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (lines, logged) = loop {
+        let file = std::fs::read_to_string(envoy.run_dir().join("records.log")).unwrap_or_default();
+        let lines: Vec<String> = file.lines().map(str::to_string).collect();
+        let logged = log_records(&envoy);
+        if (lines.len() as u64 >= n && logged.len() as u64 >= n) || Instant::now() > deadline {
+            break (lines, logged);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lines.len() as u64, n, "records.log: {lines:?}");
+    let mut ids = HashSet::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["response_code"], 200, "{v}");
+        assert!(ids.insert(v["request_id"].as_str().unwrap().to_string()));
+        // The same bytes as the log sink's line for that request.
+        assert!(logged.contains(line), "not in Envoy's log: {line}");
+    }
+    assert_eq!(ids.len() as u64, n);
+    let injected: Vec<&String> = lines.iter().filter(|l| l.contains("x-evil")).collect();
+    assert_eq!(injected.len() as u64, n / 5, "{injected:?}");
+    assert!(
+        injected
+            .iter()
+            .all(|l| l.contains(r#"\r"#) && !l.contains('\r')),
+        "{injected:?}"
+    );
+    assert_eq!(metric(&envoy, "filter_state_failures").await, 0);
+    assert_eq!(metric(&envoy, "records").await, n);
+}

@@ -22,6 +22,11 @@ const FORGED: &[(&str, &str)] = &[
 ];
 
 async fn start(a: &Backend, b: &Backend, sampling: f64) -> Envoy {
+    let access_log = json!({"log": {"enabled": true}, "sampling": {"rate": sampling}});
+    start_with(a, b, access_log, false).await
+}
+
+async fn start_with(a: &Backend, b: &Backend, access_log: Value, decisions_log: bool) -> Envoy {
     paths::wasm_module("switchyard").expect("chain module built (make build)");
     let stages = json!({"stages": [
         {"domain_router": {"table": {"version": 1, "virtual_hosts": [
@@ -32,7 +37,7 @@ async fn start(a: &Backend, b: &Backend, sampling: f64) -> Envoy {
         {"load_balancer": {"endpoints": [
             {"address": a.addr().to_string(), "name": "a"},
             {"address": b.addr().to_string(), "name": "b"}]}},
-        {"access_log": {"log": {"enabled": true}, "sampling": {"rate": sampling}}}
+        {"access_log": access_log}
     ]});
     let endpoint = |x: &Backend| json!({"ip": x.addr().ip().to_string(), "port": x.addr().port()});
     EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
@@ -49,6 +54,7 @@ async fn start(a: &Backend, b: &Backend, sampling: f64) -> Envoy {
         .var("override_host", "x-switchyard-lb-host")
         .var("collector", Option::<Value>::None)
         .var("discovery", Option::<Value>::None)
+        .var("decisions_log", decisions_log)
         .concurrency(2)
         .start()
         .await
@@ -172,4 +178,66 @@ async fn a_forged_verdict_does_not_keep_sampled_out_records() {
     assert!(sampled.is_empty(), "{sampled:?}");
     assert_eq!(recs.len(), 1, "one real 429 kept: {recs:?}");
     assert_eq!(recs[0]["response_code"], 429);
+}
+
+/// `filter_state: {content: decisions}`: the access-log stage builds no
+/// record; Envoy's own access log prints Envoy's fields and the stages'
+/// decisions from filter state, never the client's forged ones; a request
+/// the rate limit answers has a verdict and no endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_envoys_own_access_log_as_filter_state() {
+    let a = Backend::start(BackendSpec::new("a")).await.unwrap();
+    let b = Backend::start(BackendSpec::new("b")).await.unwrap();
+    let access_log = json!({"log": {"enabled": false}, "filter_state": {"content": "decisions"}});
+    let envoy = start_with(&a, &b, access_log, true).await;
+    let ingress = envoy.listener("ingress").unwrap();
+    for i in 0..6 {
+        let id = format!("fs-{i}");
+        let r = traffic::get(ingress, "shop.test", "/item", &headers(&id, "7.7.7.7"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, if i < 4 { 200 } else { 429 });
+    }
+    // Envoy flushes file access logs about once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let text =
+            std::fs::read_to_string(envoy.run_dir().join("decisions.log")).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 6 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let addrs = [a.addr().to_string(), b.addr().to_string()];
+    for l in &lines {
+        let text = l.to_string();
+        assert!(
+            !text.contains("forged") && !text.contains("10.66.66.66"),
+            "{text}"
+        );
+        assert_eq!(l["switchyard_route"], "shop-all", "{l}");
+        let verdict = l["switchyard_ratelimit"].as_str().unwrap_or_default();
+        if l["response_code"] == 200 {
+            let endpoint = l["switchyard_endpoint"].as_str().unwrap_or_default();
+            assert!(addrs.iter().any(|a| a == endpoint), "{l}");
+            assert_eq!(l["upstream_host"].as_str(), Some(endpoint), "{l}");
+            assert!(verdict.starts_with("ok"), "{l}");
+        } else {
+            assert_eq!(l["response_code"], 429, "{l}");
+            assert!(verdict.starts_with("over_limit"), "{l}");
+            assert_eq!(l["switchyard_endpoint"], Value::Null, "{l}");
+        }
+    }
+    // No record was built: the stage's record counter stays at 0.
+    let records = envoy
+        .stat("wasmcustom.switchyard.access-log.records")
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(records, 0);
 }

@@ -54,6 +54,12 @@ unsafe extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    pub fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     pub fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,

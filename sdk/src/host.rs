@@ -273,6 +273,26 @@ pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
     }
 }
 
+/// Sets a property of the stream. In Envoy a one-segment path `[name]` is
+/// filter state `wasm.<name>`, a bytes value that Envoy's access logs
+/// print with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+/// Errors: `proxy_set_property`'s status (no stream, a read-only name).
+pub fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
+    // One segment is its own encoding: no copy.
+    let encoded;
+    let key: &[u8] = match path {
+        [one] => one.as_bytes(),
+        _ => {
+            encoded = wire::encode_path(path);
+            &encoded
+        }
+    };
+    // SAFETY: both buffers are live for the call.
+    let status =
+        unsafe { abi::proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    check("proxy_set_property", status)
+}
+
 // ---- shared data ----
 
 /// A shared-data value and its CAS token; `(None, 0)` when the key is absent.

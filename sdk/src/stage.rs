@@ -359,6 +359,16 @@ impl Exchange {
         self.property(path).and_then(crate::properties::decode_i64)
     }
 
+    /// Puts `value` in the stream's filter state as `wasm.<name>` (Envoy),
+    /// where Envoy's own access logs read it: set in `on_log`, it is there
+    /// for the connection manager's access logs, which run after the
+    /// filters' (`%FILTER_STATE(wasm.<name>:PLAIN)%`). One host call that
+    /// returns nothing. Errors: the host's status (logged at debug by the
+    /// caller's choice).
+    pub fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), host::HostError> {
+        host::set_property(&[name], value)
+    }
+
     /// Host wall-clock time (ns since the epoch), read once per phase.
     pub fn now_nanos(&mut self) -> u64 {
         if let Some(now) = self.now {

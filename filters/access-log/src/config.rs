@@ -55,6 +55,7 @@ pub struct Config {
     pub sampling: Sampling,
     pub log: LogSink,
     pub http: Option<HttpSink>,
+    pub filter_state: Option<FilterStateSink>,
 }
 
 impl Default for Config {
@@ -71,6 +72,7 @@ impl Default for Config {
             sampling: Sampling::default(),
             log: LogSink::default(),
             http: None,
+            filter_state: None,
         }
     }
 }
@@ -131,6 +133,66 @@ pub struct LogSink {
 impl Default for LogSink {
     fn default() -> Self {
         LogSink { enabled: true }
+    }
+}
+
+/// Hands records to Envoy's own access logs as filter state, set in
+/// `on_log` (the connection manager's access logs run after the filters'),
+/// so Envoy owns the output: buffered file writes, rotation on reopen,
+/// gRPC or OpenTelemetry access-log services.
+///
+/// - `content: "record"` (default): the JSON record as `wasm.<name>`, for a
+///   format such as `%FILTER_STATE(wasm.switchyard:PLAIN)%`.
+/// - `content: "decisions"`: no record; each Switchyard decision of the
+///   request as its own value, `wasm.<name>.route`, `wasm.<name>.endpoint`
+///   and `wasm.<name>.ratelimit` (absent when no stage made it), for an
+///   Envoy access-log format that has Envoy's own fields besides. No Envoy
+///   attribute is read, no sampling applies (Envoy's access-log filters
+///   decide), and redaction is the format's choice of headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterStateSink {
+    /// Filter-state name without Envoy's `wasm.` prefix: 1–128 bytes of
+    /// `A-Za-z0-9._-`.
+    pub name: String,
+    /// `"record"` (default) or `"decisions"`. A string checked by
+    /// `validate` (a derived enum's visitor costs module size, and this
+    /// way the error names the field).
+    pub content: String,
+}
+
+impl FilterStateSink {
+    /// Whether only the decisions are handed over (`content: "decisions"`).
+    pub fn decisions_only(&self) -> bool {
+        self.content == "decisions"
+    }
+}
+
+impl Default for FilterStateSink {
+    fn default() -> Self {
+        FilterStateSink {
+            name: "switchyard".into(),
+            content: "record".into(),
+        }
+    }
+}
+
+impl Validate for FilterStateSink {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            matches!(self.content.as_str(), "record" | "decisions"),
+            "content",
+            "must be `record` or `decisions`",
+        )?;
+        ensure(
+            (1..=128).contains(&self.name.len())
+                && self
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+            "name",
+            "must be 1-128 bytes of A-Za-z0-9._-",
+        )
     }
 }
 
@@ -250,10 +312,13 @@ impl Validate for Config {
             "must be between 0 and 1",
         )?;
         ensure(
-            self.log.enabled || self.http.is_some(),
+            self.log.enabled || self.http.is_some() || self.filter_state.is_some(),
             "",
-            "no sink: enable `log` or configure `http`",
+            "no sink: enable `log`, or configure `http` or `filter_state`",
         )?;
+        if let Some(fs) = &self.filter_state {
+            fs.validate().map_err(|e| e.within("filter_state"))?;
+        }
         if let Some(http) = &self.http {
             http.validate().map_err(|e| e.within("http"))?;
         }
@@ -324,6 +389,35 @@ mod tests {
         for h in DEFAULT_REDACT {
             assert!(c.redact.iter().any(|r| r == h), "{h}");
         }
+    }
+
+    #[test]
+    fn filter_state_sink_defaults_and_errors_name_the_field() {
+        let c: Config = parse(br#"{"log":{"enabled":false},"filter_state":{}}"#).unwrap();
+        let fs = c.filter_state.unwrap();
+        assert_eq!(fs.name, "switchyard");
+        assert!(!fs.decisions_only());
+        let c: Config =
+            parse(br#"{"filter_state":{"content":"decisions","name":"a.b-c_d"}}"#).unwrap();
+        assert!(c.filter_state.unwrap().decisions_only());
+        // The filter state alone is a sink.
+        assert!(parse::<Config>(br#"{"log":{"enabled":false}}"#).is_err());
+        let e = parse::<Config>(br#"{"filter_state":{"content":"all"}}"#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "filter_state.content: must be `record` or `decisions`"
+        );
+        for bad in [r#""""#, r#""a b""#, r#""wasm/x""#, r#""é""#] {
+            let doc = format!(r#"{{"filter_state":{{"name":{bad}}}}}"#);
+            let e = parse::<Config>(doc.as_bytes()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "filter_state.name: must be 1-128 bytes of A-Za-z0-9._-",
+                "{bad}"
+            );
+        }
+        let long = format!(r#"{{"filter_state":{{"name":"{}"}}}}"#, "n".repeat(129));
+        assert!(parse::<Config>(long.as_bytes()).is_err());
     }
 
     #[test]

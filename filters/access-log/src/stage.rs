@@ -43,7 +43,17 @@ fn build(
         }
         None => (None, None),
     };
+    let decision_names = config
+        .filter_state
+        .as_ref()
+        .filter(|fs| fs.decisions_only())
+        .map(|fs| DecisionNames {
+            route: format!("{}.route", fs.name),
+            endpoint: format!("{}.endpoint", fs.name),
+            rate_limit: format!("{}.ratelimit", fs.name),
+        });
     Ok(Box::new(AccessLog {
+        decision_names,
         config,
         metrics,
         queue,
@@ -52,10 +62,19 @@ fn build(
     }))
 }
 
+/// Filter-state names of the decisions (`filter_state` sink, `decisions`
+/// content), made once per VM.
+struct DecisionNames {
+    route: String,
+    endpoint: String,
+    rate_limit: String,
+}
+
 /// Per-VM state: the configuration, metrics, and the HTTP sink's queue and
 /// sender (when configured).
 pub struct AccessLog {
     config: Config,
+    decision_names: Option<DecisionNames>,
     metrics: Rc<Metrics>,
     queue: Option<Rc<QueueRef>>,
     sender: Option<Rc<Sender>>,
@@ -181,9 +200,52 @@ impl Source for ExchangeSource<'_> {
     }
 }
 
+impl AccessLog {
+    /// Whether any sink takes the JSON record (the `decisions` content of
+    /// the filter-state sink does not).
+    fn builds_records(&self) -> bool {
+        self.config.log.enabled
+            || self.queue.is_some()
+            || self
+                .config
+                .filter_state
+                .as_ref()
+                .is_some_and(|fs| !fs.decisions_only())
+    }
+
+    /// Each decision of the request as filter state `wasm.<name>.<field>`
+    /// ([`DecisionNames`]).
+    fn set_decisions(&self, names: &DecisionNames, ex: &Exchange) {
+        let d = &ex.decisions;
+        for (name, value) in [
+            (&names.route, &d.route),
+            (&names.endpoint, &d.endpoint),
+            (&names.rate_limit, &d.rate_limit),
+        ] {
+            if let Some(v) = value {
+                self.set_filter_state(ex, name, v.as_bytes());
+            }
+        }
+    }
+
+    /// Counted, not logged: Envoy refuses only a read-only name, the same
+    /// for every request.
+    fn set_filter_state(&self, ex: &Exchange, name: &str, value: &[u8]) {
+        if ex.set_filter_state(name, value).is_err() {
+            self.metrics.filter_state_failures.inc();
+        }
+    }
+}
+
 impl Stage for AccessLog {
     fn on_log(&self, ex: &mut Exchange) {
         let m = &self.metrics;
+        if let Some(names) = &self.decision_names {
+            self.set_decisions(names, ex);
+        }
+        if !self.builds_records() {
+            return;
+        }
         // Attributes are read one by one (`Exchange::property`), not in
         // one CEL list through `expr_evaluate`: in Envoy 1.40 that cost
         // ~13 µs more per request than the reads it saved (BENCHMARKS.md,
@@ -198,6 +260,11 @@ impl Stage for AccessLog {
         // Straight to the host: `log::info!` would format a second copy.
         if self.config.log.enabled && log::log_enabled!(log::Level::Info) {
             host::log(LogLevel::Info, &line);
+        }
+        if let Some(fs) = &self.config.filter_state
+            && !fs.decisions_only()
+        {
+            self.set_filter_state(source.0, &fs.name, line.as_bytes());
         }
         if let Some(queue) = &self.queue {
             self.with_held(|held| queue.hold(held, &line));

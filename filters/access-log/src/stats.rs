@@ -20,6 +20,9 @@ pub struct Metrics {
     pub dropped_rejected: Counter,
     pub dropped_attempts: Counter,
     pub dropped_enqueue: Counter,
+    /// Records Envoy refused as filter state (`filter_state` sink); not in
+    /// `dropped`, which accounts for the collector's records.
+    pub filter_state_failures: Counter,
     /// Records held by senders (buffered, in flight, awaiting retry).
     pub queue_depth: Gauge,
 }
@@ -38,6 +41,7 @@ impl Metrics {
             dropped_rejected: c("dropped_rejected"),
             dropped_attempts: c("dropped_attempts"),
             dropped_enqueue: c("dropped_enqueue"),
+            filter_state_failures: c("filter_state_failures"),
             queue_depth: Gauge::new(&name(FILTER, "queue_depth")),
         }
     }

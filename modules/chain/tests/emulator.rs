@@ -305,3 +305,57 @@ fn a_slow_requests_report_counts_though_a_later_request_reported_first() {
         "the slow request's later report: 10 / 0.9"
     );
 }
+
+/// `filter_state: {content: "decisions"}`: the access-log stage leaves each
+/// decision as filter state for Envoy's own access log, builds no record
+/// (no attribute read, no log line), and costs one write per decision.
+#[test]
+fn decisions_as_filter_state_build_no_record() {
+    let config = DEMO.replace(
+        r#"{"access_log": {"log": {"enabled": true},
+                  "http": {"cluster": "collector", "flush_interval_ms": 250}}}"#,
+        r#"{"access_log": {"log": {"enabled": false}, "filter_state": {"content": "decisions"}}}"#,
+    );
+    assert_ne!(config, DEMO, "the demo's access-log stage moved");
+    let host = Host::new(switchyard::init)
+        .plugin_config(config)
+        .clusters(["collector"])
+        .build();
+    let worker = host.start_worker();
+    assert!(worker.configured(), "{:?}", host.logs());
+    for _ in 0..4 {
+        get(&worker, "shop.example.com", &[]);
+    }
+    let logs_before = host.logs().len();
+    let (s, action) = get(
+        &worker,
+        "shop.example.com",
+        &[("x-switchyard-route", "forged")],
+    );
+    assert_eq!(action, Action::Continue);
+    let text = |name: &str| {
+        s.property(&[name])
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    assert_eq!(text("switchyard.route").as_deref(), Some("shop"));
+    let endpoint = text("switchyard.endpoint").unwrap_or_default();
+    assert!(endpoint.starts_with("127.0.0.1:900"), "{endpoint}");
+    assert!(
+        text("switchyard.ratelimit").is_none(),
+        "the shop domain has no rate limit"
+    );
+    assert!(text("switchyard").is_none(), "no record");
+    assert!(
+        !host.logs()[logs_before..]
+            .iter()
+            .any(|l| l.message.contains("request_id")),
+        "no record in the log"
+    );
+    let c = s.crossings();
+    let sets =
+        c.0.iter()
+            .filter(|x| format!("{x:?}").contains("proxy_set_property"))
+            .count();
+    assert_eq!(sets, 2, "{c}");
+    assert!(c.total() <= DEMO_GET_BUDGET - 10, "{c}");
+}

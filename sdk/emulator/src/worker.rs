@@ -1060,6 +1060,13 @@ impl Stream {
         }
     }
 
+    /// A property of this stream as it stands now: one the test set, or one
+    /// the module set with `proxy_set_property` (Envoy's filter state
+    /// `wasm.<name>` for a one-segment path `[name]`).
+    pub fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.read(|s| s.properties.get(&wire::property_key(path)).cloned())
+    }
+
     /// Request headers arrive: `proxy_on_request_headers`. Names are
     /// lower-cased, as Envoy does.
     #[track_caller]
