@@ -124,8 +124,9 @@ pub(crate) struct ModuleRoot {
     next_tick_ns: Vec<u64>,
 }
 
-fn setup_for(src: Source<'_>) -> Setup {
+fn setup_for(src: Source<'_>, in_chain: bool) -> Setup {
     Setup {
+        in_chain,
         plugin_name: crate::properties::plugin_name().unwrap_or_default(),
         config_hash: src.fnv1a64(),
         instance_id: crate::vm::instance_id(),
@@ -181,8 +182,8 @@ fn build_chain(specs: &[StageSpec], src: Source<'_>) -> Result<Stages, ConfigErr
             ));
         }
         let src = Source::Bytes(value.get().as_bytes());
-        let stage =
-            (spec.build)(src, &setup_for(src)).map_err(|e| e.within(&format!("{at}.{name}")))?;
+        let stage = (spec.build)(src, &setup_for(src, true))
+            .map_err(|e| e.within(&format!("{at}.{name}")))?;
         stages.push((spec.filter, stage));
     }
     Ok(stages)
@@ -243,7 +244,7 @@ impl ModuleRoot {
         let (what, built) = match &*layout {
             Layout::Single(spec) => (
                 spec.filter,
-                (spec.build)(src, &setup_for(src)).map(|s| vec![(spec.filter, s)]),
+                (spec.build)(src, &setup_for(src, false)).map(|s| vec![(spec.filter, s)]),
             ),
             Layout::Chain(specs) => ("switchyard", build_chain(specs, src)),
         };

@@ -91,6 +91,9 @@ pub struct Setup {
     pub instance_id: u64,
     /// The Envoy VM id (scope of shared data and queues).
     pub vm_id: String,
+    /// Whether the stage is built into a chain module (other stages may
+    /// leave [`Decisions`]); `false` alone in its module.
+    pub in_chain: bool,
 }
 
 /// Builds a stage from its configuration (JSON, read with

@@ -123,16 +123,21 @@ impl Default for Sampling {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSink {
-    /// One JSON line per record in Envoy's log (info level).
-    pub enabled: bool,
+    /// One JSON line per record in Envoy's log (info level). Unset: on,
+    /// unless `filter_state` is configured ([`Config::log_enabled`]).
+    pub enabled: Option<bool>,
 }
 
-impl Default for LogSink {
-    fn default() -> Self {
-        LogSink { enabled: true }
+impl Config {
+    /// Whether records go to Envoy's log: `log.enabled`, else on unless
+    /// the `filter_state` sink hands them to Envoy's access logs (a second
+    /// copy of each record in Envoy's log is rarely wanted, and costs a
+    /// log line per request).
+    pub fn log_enabled(&self) -> bool {
+        self.log.enabled.unwrap_or(self.filter_state.is_none())
     }
 }
 
@@ -143,12 +148,15 @@ impl Default for LogSink {
 ///
 /// - `content: "record"` (default): the JSON record as `wasm.<name>`, for a
 ///   format such as `%FILTER_STATE(wasm.switchyard:PLAIN)%`.
-/// - `content: "decisions"`: no record; each Switchyard decision of the
-///   request as its own value, `wasm.<name>.route`, `wasm.<name>.endpoint`
-///   and `wasm.<name>.ratelimit` (absent when no stage made it), for an
-///   Envoy access-log format that has Envoy's own fields besides. No Envoy
+/// - `content: "decisions"` (chain module only): no record (unless `log`
+///   or `http` asks for one); each Switchyard decision of the request as
+///   its own value, `wasm.<name>.route`, `wasm.<name>.endpoint` and
+///   `wasm.<name>.ratelimit` (absent when no stage made it), for an Envoy
+///   access-log format that has Envoy's own fields besides. No Envoy
 ///   attribute is read, no sampling applies (Envoy's access-log filters
 ///   decide), and redaction is the format's choice of headers.
+///
+/// With this sink, Envoy's log is off unless `log.enabled` says otherwise.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterStateSink {
@@ -312,7 +320,7 @@ impl Validate for Config {
             "must be between 0 and 1",
         )?;
         ensure(
-            self.log.enabled || self.http.is_some() || self.filter_state.is_some(),
+            self.log_enabled() || self.http.is_some() || self.filter_state.is_some(),
             "",
             "no sink: enable `log`, or configure `http` or `filter_state`",
         )?;
@@ -384,7 +392,7 @@ mod tests {
     fn empty_config_logs_with_default_redaction() {
         let c: Config = parse(b"").unwrap();
         assert_eq!(c.naming, Naming::Envoy);
-        assert!(c.log.enabled);
+        assert!(c.log_enabled());
         assert!(c.http.is_none());
         for h in DEFAULT_REDACT {
             assert!(c.redact.iter().any(|r| r == h), "{h}");
@@ -393,6 +401,18 @@ mod tests {
 
     #[test]
     fn filter_state_sink_defaults_and_errors_name_the_field() {
+        let c: Config = parse(br#"{"log":{"enabled":false},"filter_state":{}}"#).unwrap();
+        assert!(!c.log_enabled());
+        // With the filter-state sink, Envoy's log is off unless asked for.
+        let c: Config = parse(br#"{"filter_state":{}}"#).unwrap();
+        assert!(!c.log_enabled());
+        let c: Config = parse(br#"{"log":{"enabled":true},"filter_state":{}}"#).unwrap();
+        assert!(c.log_enabled());
+        let c: Config = parse(br#"{"http":{"cluster":"c"}}"#).unwrap();
+        assert!(
+            c.log_enabled(),
+            "the collector sink keeps the log's default"
+        );
         let c: Config = parse(br#"{"log":{"enabled":false},"filter_state":{}}"#).unwrap();
         let fs = c.filter_state.unwrap();
         assert_eq!(fs.name, "switchyard");

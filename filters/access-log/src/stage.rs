@@ -27,6 +27,16 @@ fn build(
     setup: &Setup,
 ) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(config)?;
+    // Alone in its module no stage leaves decisions: nothing would be set.
+    switchyard_sdk::config::ensure(
+        setup.in_chain
+            || !config
+                .filter_state
+                .as_ref()
+                .is_some_and(|fs| fs.decisions_only()),
+        "filter_state.content",
+        "`decisions` needs the chain module (switchyard.wasm)",
+    )?;
     let metrics = Rc::new(Metrics::new());
     let (queue, sender) = match &config.http {
         Some(sink) => {
@@ -204,7 +214,7 @@ impl AccessLog {
     /// Whether any sink takes the JSON record (the `decisions` content of
     /// the filter-state sink does not).
     fn builds_records(&self) -> bool {
-        self.config.log.enabled
+        self.config.log_enabled()
             || self.queue.is_some()
             || self
                 .config
@@ -258,7 +268,7 @@ impl Stage for AccessLog {
         let line = record::line(&self.config, &mut source);
         m.records.inc();
         // Straight to the host: `log::info!` would format a second copy.
-        if self.config.log.enabled && log::log_enabled!(log::Level::Info) {
+        if self.config.log_enabled() && log::log_enabled!(log::Level::Info) {
             host::log(LogLevel::Info, &line);
         }
         if let Some(fs) = &self.config.filter_state

@@ -801,3 +801,32 @@ fn bad_config_is_refused_and_names_the_field() {
     assert!(!worker.configured());
     host.expect_log_contains("http.tick_ms: must be between 10 and 60000");
 }
+
+/// Alone in its module the access log sees no stage decisions: the
+/// `decisions` content of the filter-state sink is refused there (it would
+/// set nothing), and the record content works, without a log line.
+#[test]
+fn decisions_content_needs_the_chain_module() {
+    let host = Host::new(init)
+        .plugin_config(r#"{"filter_state":{"content":"decisions"}}"#)
+        .echo_logs(false)
+        .build();
+    let worker = host.start_worker();
+    assert!(!worker.configured());
+    host.expect_log_contains("filter_state.content: `decisions` needs the chain module");
+
+    let host = self::host(r#"{"filter_state":{}}"#);
+    let worker = host.start_worker();
+    assert!(worker.configured());
+    let s = request(&worker, "fs-1", &[]);
+    let record = s
+        .property(&["switchyard"])
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(&record).unwrap_or(Value::Null);
+    assert_eq!(v["request_id"], "fs-1", "{record}");
+    assert!(
+        logged_records(&host).is_empty(),
+        "filter_state alone writes no log line"
+    );
+}

@@ -33,6 +33,9 @@ pub struct Store {
     version: SharedValue<u64>,
     /// Per slot: the last load record this VM wrote, to skip redundant writes.
     written: RefCell<Vec<Option<LoadRecord>>>,
+    /// Per slot: its health record's cell, made on first use (its key is
+    /// not formatted again per response).
+    health: RefCell<Vec<Option<Rc<SharedValue<HealthRecord>>>>>,
     /// This VM published a table since the stage last synced: its own
     /// picks follow at once (other VMs on their next tick).
     published_here: std::cell::Cell<bool>,
@@ -48,6 +51,7 @@ impl Store {
             version: SharedValue::new(format!("{prefix}/table_version")),
             stats: Stats::new(slots),
             written: RefCell::new(vec![None; slots]),
+            health: RefCell::new(vec![None; slots]),
             published_here: std::cell::Cell::new(false),
             prefix,
             config,
@@ -185,7 +189,7 @@ impl Store {
         if !h.enabled {
             return;
         }
-        let cell = SharedValue::<HealthRecord>::new(self.key(&format!("health/{slot}")));
+        let cell = self.health_cell(slot);
         if !failed {
             let cleared = HealthRecord {
                 fingerprint,
@@ -208,6 +212,20 @@ impl Store {
             Ok(false) => {}
             Err(e) => log::debug!("{FILTER}: health record of {address}: {e}"),
         }
+    }
+
+    /// The health record cell of `slot` (kept per VM).
+    fn health_cell(&self, slot: u16) -> Rc<SharedValue<HealthRecord>> {
+        let mut cells = self.health.borrow_mut();
+        let i = usize::from(slot);
+        if let Some(Some(cell)) = cells.get(i) {
+            return Rc::clone(cell);
+        }
+        let cell = Rc::new(SharedValue::new(self.key(&format!("health/{slot}"))));
+        if let Some(entry) = cells.get_mut(i) {
+            *entry = Some(Rc::clone(&cell));
+        }
+        cell
     }
 
     fn eject(&self, address: &str) {
