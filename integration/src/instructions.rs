@@ -276,3 +276,61 @@ pub async fn run_and_write(cfg: &BenchConfig, icfg: &InstructionConfig, out: &Pa
     println!("{table}\nresults: {}", json.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, role: Role, per_request: f64) -> InstructionRow {
+        InstructionRow {
+            name: name.into(),
+            role,
+            per_request,
+            idle_per_second: 1000.0,
+            raw_per_request: per_request + 10.0,
+            requests: 300,
+        }
+    }
+
+    #[test]
+    fn markdown_gives_ratios_against_baseline_and_native() {
+        let rows = [
+            row("no filter", Role::Baseline, 100_000.0),
+            row(
+                "chain",
+                Role::Switchyard {
+                    group: "chain".into(),
+                },
+                200_000.0,
+            ),
+            row(
+                "chain, log",
+                Role::Switchyard {
+                    group: "chain-envoylog".into(),
+                },
+                250_000.0,
+            ),
+            row(
+                "native chain",
+                Role::Native {
+                    group: "chain".into(),
+                },
+                110_000.0,
+            ),
+        ];
+        let md = markdown(&rows, &InstructionConfig::default());
+        let line = |name: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {name} |")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            line("chain").contains("| 200000 | +100000 | 0.500 | 0.550 |"),
+            "{md}"
+        );
+        // A group without its own native row uses the one it maps to.
+        assert!(line("chain, log").contains("| 0.400 | 0.440 |"), "{md}");
+        assert!(line("no filter").contains("| 1.000 |  |"), "{md}");
+    }
+}
