@@ -490,6 +490,17 @@ fn access_log_decisions_config() -> serde_json::Value {
     serde_json::json!({"log": {"enabled": false}, "filter_state": {"content": "decisions"}})
 }
 
+/// The chain module's configuration: the bench's router, rate limit and
+/// load balancer, then the access log as given.
+fn chain_config(access_log: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"stages": [
+        {"domain_router": router_config()},
+        {"rate_limit": rate_limit_config()},
+        {"load_balancer": lb_config()},
+        {"access_log": access_log},
+    ]})
+}
+
 /// The variants measured by `make bench`, baseline first.
 pub fn standard_variants() -> Vec<Variant> {
     let sy = |g: &str| Role::Switchyard { group: g.into() };
@@ -512,25 +523,12 @@ pub fn standard_variants() -> Vec<Variant> {
     .concat();
     let fs_access_log = include_str!("../templates/bench/filter-state-access-log.yaml");
     let decisions_access_log = include_str!("../templates/bench/decisions-access-log.yaml");
-    let chain_module_envoy_log = wasm_filter(
-        "chain",
-        "switchyard",
-        &serde_json::json!({"stages": [
-            {"domain_router": router_config()},
-            {"rate_limit": rate_limit_config()},
-            {"load_balancer": lb_config()},
-            {"access_log": access_log_config()},
-        ]}),
-    );
+    let chain_module_envoy_log =
+        wasm_filter("chain", "switchyard", &chain_config(access_log_config()));
     let chain_module = wasm_filter(
         "switchyard",
         "switchyard",
-        &serde_json::json!({"stages": [
-            {"domain_router": router_config()},
-            {"rate_limit": rate_limit_config()},
-            {"load_balancer": lb_config()},
-            {"access_log": access_log_decisions_config()},
-        ]}),
+        &chain_config(access_log_decisions_config()),
     );
     vec![
         Variant::new("no filter", Role::Baseline, BASE),

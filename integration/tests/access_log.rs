@@ -25,7 +25,9 @@ const METRIC: &str = "wasmcustom.switchyard.access-log.";
 /// would otherwise measure the other test's load on a 2-core machine.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn start(config: Value, backend: &Backend, collector: &Collector, inject: bool) -> Envoy {
+/// The template with the filter's `config`, one backend and the
+/// collector, `--concurrency 2`; callers add variables and start it.
+fn builder(config: &Value, backend: &Backend, collector: &Collector, inject: bool) -> EnvoyBuilder {
     paths::wasm_module("switchyard-access-log").expect("module built (make build)");
     let addr = backend.addr();
     EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
@@ -37,6 +39,10 @@ async fn start(config: Value, backend: &Backend, collector: &Collector, inject: 
         .var("collector_port", collector.addr().port())
         .var("inject", inject)
         .concurrency(2)
+}
+
+async fn start(config: Value, backend: &Backend, collector: &Collector, inject: bool) -> Envoy {
+    builder(&config, backend, collector, inject)
         .start()
         .await
         .unwrap_or_else(|e| panic!("Envoy did not start: {e}"))
@@ -607,22 +613,11 @@ async fn client_address_is_envoys_own_in_every_topology() {
     for use_remote_address in [true, false] {
         for hops in 0..=2u32 {
             let topology = format!("use_remote_address {use_remote_address}, {hops} trusted hops");
-            let addr = backend.addr();
-            let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
-                .var(
-                    "access_log_config",
-                    json!({"log": {"enabled": true}}).to_string(),
-                )
-                .var(
-                    "backends",
-                    vec![json!({"ip": addr.ip().to_string(), "port": addr.port()})],
-                )
-                .var("collector_port", collector.addr().port())
-                .var("inject", false)
+            let config = json!({"log": {"enabled": true}});
+            let envoy = builder(&config, &backend, &collector, false)
                 .var("use_remote_address", use_remote_address)
                 .var("xff_num_trusted_hops", hops)
                 .var("native_client_log", true)
-                .concurrency(2)
                 .start()
                 .await
                 .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));
@@ -766,25 +761,15 @@ async fn attributes_hold_envoys_values() {
 /// header bytes included, for an upstream answer and a direct response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_state_sink_hands_records_to_envoys_access_log() {
-    paths::wasm_module("switchyard-access-log").expect("module built (make build)");
     let backend = Backend::start(BackendSpec::new("b1")).await.unwrap();
     let collector = Collector::start().await.unwrap();
-    let addr = backend.addr();
     let config = json!({
         "request_headers": ["x-evil", "x-tenant"],
         "log": {"enabled": true},
         "filter_state": {},
     });
-    let envoy = EnvoyBuilder::new(Runtime::from_env().unwrap(), TEMPLATE)
-        .var("access_log_config", config.to_string())
-        .var(
-            "backends",
-            vec![json!({"ip": addr.ip().to_string(), "port": addr.port()})],
-        )
-        .var("collector_port", collector.addr().port())
-        .var("inject", true)
+    let envoy = builder(&config, &backend, &collector, true)
         .var("filter_state_log", true)
-        .concurrency(2)
         .start()
         .await
         .unwrap_or_else(|e| panic!("Envoy did not start: {e}"));

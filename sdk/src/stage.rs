@@ -366,8 +366,8 @@ impl Exchange {
     /// where Envoy's own access logs read it: set in `on_log`, it is there
     /// for the connection manager's access logs, which run after the
     /// filters' (`%FILTER_STATE(wasm.<name>:PLAIN)%`). One host call that
-    /// returns nothing. Errors: the host's status (logged at debug by the
-    /// caller's choice).
+    /// returns nothing. Errors: the host's status (e.g. a read-only name);
+    /// the caller counts or logs it.
     pub fn set_filter_state(&self, name: &str, value: &[u8]) -> Result<(), host::HostError> {
         host::set_property(&[name], value)
     }
