@@ -501,6 +501,21 @@ fn chain_config(access_log: serde_json::Value) -> serde_json::Value {
     ]})
 }
 
+/// The access-log module alone with `config`, in group `group`.
+fn access_log_variant(name: &str, group: &str, config: &serde_json::Value) -> Variant {
+    Variant::new(
+        name,
+        Role::Switchyard {
+            group: group.into(),
+        },
+        BASE,
+    )
+    .partial(
+        "filters",
+        wasm_filter("access-log", "switchyard_access_log", config),
+    )
+}
+
 /// The variants measured by `make bench`, baseline first.
 pub fn standard_variants() -> Vec<Variant> {
     let sy = |g: &str| Role::Switchyard { group: g.into() };
@@ -591,39 +606,23 @@ pub fn standard_variants() -> Vec<Variant> {
             "virtual_hosts",
             include_str!("../templates/bench/native-vhosts.yaml"),
         ),
-        Variant::new("access-log (Envoy log sink)", sy("access-log"), BASE)
-            .partial(
-                "filters",
-                wasm_filter("access-log", "switchyard_access_log", &access_log_config()),
-            )
-            .crossings("access_log"),
-        Variant::new(
-            "access-log (filter_state sink: Envoy's file access log writes the record)",
-            sy("access-log-fs"),
-            BASE,
+        access_log_variant(
+            "access-log (Envoy log sink)",
+            "access-log",
+            &access_log_config(),
         )
-        .partial(
-            "filters",
-            wasm_filter(
-                "access-log",
-                "switchyard_access_log",
-                &access_log_fs_config(),
-            ),
+        .crossings("access_log"),
+        access_log_variant(
+            "access-log (filter_state sink: Envoy's file access log writes the record)",
+            "access-log-fs",
+            &access_log_fs_config(),
         )
         .partial("hcm_extra", fs_access_log)
         .crossings("access_log_fs"),
-        Variant::new(
+        access_log_variant(
             "access-log (collector sink: shared queue and batches, no Envoy log line)",
-            sy("access-log-nosink"),
-            BASE,
-        )
-        .partial(
-            "filters",
-            wasm_filter(
-                "access-log",
-                "switchyard_access_log",
-                &serde_json::json!({"log": {"enabled": false}, "http": {"cluster": "backend"}}),
-            ),
+            "access-log-nosink",
+            &serde_json::json!({"log": {"enabled": false}, "http": {"cluster": "backend"}}),
         ),
         Variant::new("native JSON file access log", native("access-log"), BASE).partial(
             "hcm_extra",
