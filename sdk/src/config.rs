@@ -183,6 +183,7 @@ impl std::io::Read for SourceReader<'_> {
         }
         let avail = self.fill();
         let n = avail.len().min(buf.len());
+        // invariant: `n` is at most both lengths (the `min` above).
         buf[..n].copy_from_slice(&avail[..n]);
         self.consume(n);
         Ok(n)

@@ -164,6 +164,7 @@ pub fn cookie_value<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
         .map(|c| c.trim_ascii())
         .find_map(|c| {
             let eq = c.iter().position(|b| *b == b'=')?;
+            // invariant: `eq` is a position in `c`, so both slices are in bounds.
             (c[..eq].trim_ascii() == name.as_bytes()).then(|| c[eq + 1..].trim_ascii())
         })
 }

@@ -29,6 +29,7 @@ impl Codec for LeaseRecord {
             return None;
         }
         Some(LeaseRecord {
+            // invariant: the length is exactly 16 (checked above).
             holder: u64::decode(&bytes[..8])?,
             expires_at_ns: u64::decode(&bytes[8..])?,
         })

@@ -174,7 +174,8 @@ fn build_chain(specs: &[StageSpec], src: Source<'_>) -> Result<Stages, ConfigErr
             ));
         };
         // One of each: two instances of a stage would share its metrics and
-        // shared-data keys in this VM.
+        // shared-data keys in this VM. invariant: `i` comes from enumerating
+        // `chain.stages`, so `..i` is in bounds.
         if let Some(j) = chain.stages[..i].iter().position(|e| e.contains_key(name)) {
             return Err(ConfigError::new(
                 at,

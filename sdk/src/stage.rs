@@ -415,6 +415,7 @@ impl Exchange {
         if self.state.len() <= i {
             self.state.resize_with(i + 1, || None);
         }
+        // invariant: resized above to hold index `i`.
         let slot = &mut self.state[i];
         if !slot.as_ref().is_some_and(|b| b.is::<T>()) {
             *slot = Some(Box::new(T::default()));

@@ -28,6 +28,7 @@ pub fn encode_map<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     let b = bytes.get(at..at.checked_add(4)?)?;
+    // invariant: `get` returned exactly 4 bytes.
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
