@@ -27,16 +27,26 @@ fn build(
     setup: &Setup,
 ) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(config)?;
+    let filter_state = config.filter_state.as_ref().map(|fs| {
+        if fs.decisions_only() {
+            FilterStateOut::Decisions(DecisionNames {
+                route: format!("{}.route", fs.name),
+                endpoint: format!("{}.endpoint", fs.name),
+                rate_limit: format!("{}.ratelimit", fs.name),
+            })
+        } else {
+            FilterStateOut::Record(fs.name.clone())
+        }
+    });
     // Alone in its module no stage leaves decisions: nothing would be set.
     switchyard_sdk::config::ensure(
-        setup.in_chain
-            || !config
-                .filter_state
-                .as_ref()
-                .is_some_and(|fs| fs.decisions_only()),
+        setup.in_chain || !matches!(filter_state, Some(FilterStateOut::Decisions(_))),
         "filter_state.content",
         "`decisions` needs the chain module (switchyard.wasm)",
     )?;
+    let log = config.log_enabled();
+    let builds_records =
+        log || config.http.is_some() || matches!(filter_state, Some(FilterStateOut::Record(_)));
     let metrics = Rc::new(Metrics::new());
     let (queue, sender) = match &config.http {
         Some(sink) => {
@@ -53,17 +63,10 @@ fn build(
         }
         None => (None, None),
     };
-    let decision_names = config
-        .filter_state
-        .as_ref()
-        .filter(|fs| fs.decisions_only())
-        .map(|fs| DecisionNames {
-            route: format!("{}.route", fs.name),
-            endpoint: format!("{}.endpoint", fs.name),
-            rate_limit: format!("{}.ratelimit", fs.name),
-        });
     Ok(Box::new(AccessLog {
-        decision_names,
+        filter_state,
+        log,
+        builds_records,
         config,
         metrics,
         queue,
@@ -72,8 +75,16 @@ fn build(
     }))
 }
 
+/// What the `filter_state` sink sets, resolved once per VM.
+enum FilterStateOut {
+    /// The record, under this name.
+    Record(String),
+    /// Each decision under its own name.
+    Decisions(DecisionNames),
+}
+
 /// Filter-state names of the decisions (`filter_state` sink, `decisions`
-/// content), made once per VM.
+/// content).
 struct DecisionNames {
     route: String,
     endpoint: String,
@@ -84,7 +95,12 @@ struct DecisionNames {
 /// sender (when configured).
 pub struct AccessLog {
     config: Config,
-    decision_names: Option<DecisionNames>,
+    filter_state: Option<FilterStateOut>,
+    /// Records go to Envoy's log ([`Config::log_enabled`]).
+    log: bool,
+    /// Some sink takes the JSON record (the `decisions` content of the
+    /// filter-state sink does not).
+    builds_records: bool,
     metrics: Rc<Metrics>,
     queue: Option<Rc<QueueRef>>,
     sender: Option<Rc<Sender>>,
@@ -211,18 +227,6 @@ impl Source for ExchangeSource<'_> {
 }
 
 impl AccessLog {
-    /// Whether any sink takes the JSON record (the `decisions` content of
-    /// the filter-state sink does not).
-    fn builds_records(&self) -> bool {
-        self.config.log_enabled()
-            || self.queue.is_some()
-            || self
-                .config
-                .filter_state
-                .as_ref()
-                .is_some_and(|fs| !fs.decisions_only())
-    }
-
     /// Each decision of the request as filter state `wasm.<name>.<field>`
     /// ([`DecisionNames`]).
     fn set_decisions(&self, names: &DecisionNames, ex: &Exchange) {
@@ -250,10 +254,10 @@ impl AccessLog {
 impl Stage for AccessLog {
     fn on_log(&self, ex: &mut Exchange) {
         let m = &self.metrics;
-        if let Some(names) = &self.decision_names {
+        if let Some(FilterStateOut::Decisions(names)) = &self.filter_state {
             self.set_decisions(names, ex);
         }
-        if !self.builds_records() {
+        if !self.builds_records {
             return;
         }
         // Attributes are read one by one (`Exchange::property`), not in
@@ -268,13 +272,11 @@ impl Stage for AccessLog {
         let line = record::line(&self.config, &mut source);
         m.records.inc();
         // Straight to the host: `log::info!` would format a second copy.
-        if self.config.log_enabled() && log::log_enabled!(log::Level::Info) {
+        if self.log && log::log_enabled!(log::Level::Info) {
             host::log(LogLevel::Info, &line);
         }
-        if let Some(fs) = &self.config.filter_state
-            && !fs.decisions_only()
-        {
-            self.set_filter_state(source.0, &fs.name, line.as_bytes());
+        if let Some(FilterStateOut::Record(name)) = &self.filter_state {
+            self.set_filter_state(source.0, name, line.as_bytes());
         }
         if let Some(queue) = &self.queue {
             self.with_held(|held| queue.hold(held, &line));
