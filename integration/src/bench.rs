@@ -111,6 +111,12 @@ pub struct BenchConfig {
     pub lb_repeats: usize,
     /// Scenarios of the LB quality matrix, by letter (`abcde`: all).
     pub lb_scenarios: String,
+    /// Only the matrix's policies whose name contains one of these.
+    pub lb_policies: Vec<String>,
+    /// Extra Switchyard policies for the matrix (name, configuration).
+    pub lb_extra_policies: Vec<(String, serde_json::Value)>,
+    /// Service time of the matrix's backends, ms.
+    pub lb_service_ms: u64,
 }
 
 impl Default for BenchConfig {
@@ -126,6 +132,9 @@ impl Default for BenchConfig {
             only: Vec::new(),
             lb_repeats: 3,
             lb_scenarios: "abcde".into(),
+            lb_policies: Vec::new(),
+            lb_extra_policies: Vec::new(),
+            lb_service_ms: crate::lb_matrix::MatrixConfig::default().latency_ms,
         }
     }
 }
@@ -629,7 +638,7 @@ pub fn standard_variants() -> Vec<Variant> {
             include_str!("../templates/bench/native-access-log.yaml"),
         ),
         Variant::new(
-            "load-balancer (default policy auto: Prequal on the in-flight reports, override_host)",
+            "load-balancer (default policy auto: A58 order, Prequal when full; override_host)",
             sy("load-balancer"),
             BASE,
         )
@@ -1039,6 +1048,9 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         envoy_cpu: cfg.envoy_cpu,
         repeats: cfg.lb_repeats,
         scenarios: cfg.lb_scenarios.clone(),
+        policies: cfg.lb_policies.clone(),
+        extra_policies: cfg.lb_extra_policies.clone(),
+        latency_ms: cfg.lb_service_ms,
         ..Default::default()
     };
     let lb = if cfg.only.is_empty() || cfg.only.iter().any(|o| o == "lb-matrix") {

@@ -2,7 +2,8 @@
 //! each cell the median of interleaved repeats with their spread.
 //!
 //! Backends of concurrency capacity 1×/2×/4× (`unit_capacity` slots of
-//! `latency_ms` each) report measured ORCA (`application_utilization`,
+//! `latency_ms` each, 50 ms: slow enough that the proxies' shared core
+//! stays far from full) report measured ORCA (`application_utilization`,
 //! `named_metrics.in_flight`) in TEXT headers; the traffic is open-loop
 //! (latency from the intended send time, so coordinated omission is
 //! corrected) and split evenly over the scenario's proxies, each a native
@@ -34,8 +35,9 @@ use std::time::{Duration, Instant};
 
 /// The policy the load balancer uses when its configuration names none
 /// (`auto`), as the matrix labels it. The matrix's backends report their
-/// requests in flight, so here `auto` picks by Prequal's rule; the A58
-/// line shows what `auto` falls back to without such reports.
+/// requests in flight, so here `auto` follows A58's order and turns to
+/// Prequal's rule when that order names a full endpoint; the A58 line
+/// shows what `auto` is without such reports.
 pub const DEFAULT_POLICY: &str = "switchyard auto (default)";
 
 /// The backends' names, smallest first.
@@ -72,13 +74,22 @@ pub struct MatrixConfig {
     pub envoy_cpu: usize,
     /// The scenarios to run, by letter (`abcde` = all).
     pub scenarios: String,
+    /// Only the policies whose name contains one of these (empty: all).
+    pub policies: Vec<String>,
+    /// More Switchyard policies to compare, as (name, load-balancer
+    /// configuration merged over the matrix's): for trying a change.
+    pub extra_policies: Vec<(String, serde_json::Value)>,
 }
 
 impl Default for MatrixConfig {
     fn default() -> Self {
         MatrixConfig {
             repeats: 3,
-            latency_ms: 10,
+            // Not 10 ms: at 5× the rate the three proxies, sharing one core
+            // on the 2-core machine, used 72 % of it with a wasm filter and
+            // 42 % with Envoy's own policies, and p99 measured the wait for
+            // that core more than the balancing (BENCHMARKS.md, tenth session).
+            latency_ms: 50,
             unit_capacity: 4,
             load_share: 0.7,
             steady: Duration::from_secs(8),
@@ -92,6 +103,8 @@ impl Default for MatrixConfig {
             warmup: Duration::from_secs(2),
             envoy_cpu: 0,
             scenarios: "abcde".into(),
+            policies: Vec::new(),
+            extra_policies: Vec::new(),
         }
     }
 }
@@ -144,29 +157,47 @@ impl Scenario {
     }
 }
 
-/// A policy of the matrix: how its Envoy is configured.
-fn policies() -> Vec<Variant> {
+/// The policies `cfg` asks for: the standard ones and its extra ones,
+/// filtered by name.
+fn policies(cfg: &MatrixConfig) -> Vec<Variant> {
+    let mut all = standard_policies();
+    for (name, lb) in &cfg.extra_policies {
+        all.push(switchyard_policy(&format!("switchyard {name}"), lb));
+    }
+    all.retain(|p| cfg.policies.is_empty() || cfg.policies.iter().any(|f| p.name.contains(f)));
+    all
+}
+
+/// A Switchyard load-balancer policy behind the matrix's route: `policy`
+/// is merged over the matrix's load-balancer configuration.
+fn switchyard_policy(name: &str, policy: &serde_json::Value) -> Variant {
+    let mut lb = serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS,
+        "passive_health": {"base_ejection_ms": 1000, "max_ejection_ms": 1000},
+        "weighted_round_robin": {"blackout_period_ms": 1000, "weight_update_period_ms": 200}});
+    if let (Some(lb), Some(p)) = (lb.as_object_mut(), policy.as_object()) {
+        lb.extend(p.clone());
+    }
+    Variant::new(name, Role::Switchyard { group: "lb".into() }, BASE)
+        .partial(
+            "filters",
+            wasm_filter("lb", "switchyard_load_balancer", &lb),
+        )
+        .partial(
+            "lb_extra",
+            include_str!("../templates/bench/lb-override-host.yaml"),
+        )
+        .partial(
+            "route_action",
+            include_str!("../templates/bench/matrix-route.yaml"),
+        )
+}
+
+/// The matrix's standard policies: how each Envoy is configured.
+fn standard_policies() -> Vec<Variant> {
     let native = || Role::Native { group: "lb".into() };
     let route = include_str!("../templates/bench/matrix-route.yaml");
     let outlier = include_str!("../templates/bench/matrix-outlier.yaml");
-    let switchyard = |name: &str, policy: serde_json::Value| {
-        let mut lb = serde_json::json!({"mode": "endpoint", "endpoints": ENDPOINTS,
-            "passive_health": {"base_ejection_ms": 1000, "max_ejection_ms": 1000},
-            "weighted_round_robin": {"blackout_period_ms": 1000, "weight_update_period_ms": 200}});
-        if let (Some(lb), Some(p)) = (lb.as_object_mut(), policy.as_object()) {
-            lb.extend(p.clone());
-        }
-        Variant::new(name, Role::Switchyard { group: "lb".into() }, BASE)
-            .partial(
-                "filters",
-                wasm_filter("lb", "switchyard_load_balancer", &lb),
-            )
-            .partial(
-                "lb_extra",
-                include_str!("../templates/bench/lb-override-host.yaml"),
-            )
-            .partial("route_action", route)
-    };
+    let switchyard = |name: &str, policy: serde_json::Value| switchyard_policy(name, &policy);
     let builtin = |name: &str, policy: &str| {
         Variant::new(name, native(), BASE)
             .partial("lb_extra", format!("{policy}\n{outlier}"))
@@ -205,6 +236,12 @@ pub struct CellRun {
     pub p999_us: u64,
     /// Share of successful answers per backend over the run.
     pub shares: BTreeMap<String, f64>,
+    /// p99 of the successful answers of each backend, µs: where the tail
+    /// comes from.
+    pub backend_p99_us: BTreeMap<String, u64>,
+    /// CPU the proxies used over the measurement, in cores (they share
+    /// one); `None` when a proxy's process cannot be read.
+    pub proxy_cores: Option<f64>,
     /// `d`: from the crash until the proxies stopped sending to the dead
     /// backend (the end of the first burst of connect failures), ms.
     pub off_ms: Option<u64>,
@@ -391,6 +428,8 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = spawn_utilization_probe(&backends, stop.clone());
+    let pids: Vec<u32> = proxies.iter().filter_map(Envoy::pid).collect();
+    let cpu_before = cpu_seconds(&pids);
     let start = Instant::now();
     let traffic = spawn_traffic(&proxies, rate, length, grpc)?;
     let (mut off_ms, mut recovered_at, mut dead_attempts) = (None, None, None);
@@ -437,6 +476,12 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
         _ => {}
     }
     let reports = join(traffic).await?;
+    let proxy_cores = match (cpu_before, cpu_seconds(&pids)) {
+        (Some(a), Some(b)) if pids.len() == proxies.len() => {
+            Some((b - a) / start.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let utilization = probe.await.unwrap_or_default();
     for b in &mut backends {
@@ -466,6 +511,7 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
         }
     }
     let shares = share_map(&by_backend);
+    let backend_p99_us = backend_p99(&samples);
     let timeline = timeline(&samples, &utilization, length);
     let errors = requests.saturating_sub(ok);
     Ok(CellRun {
@@ -476,11 +522,47 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
         p99_us: latency.value_at_quantile(0.99),
         p999_us: latency.value_at_quantile(0.999),
         shares,
+        backend_p99_us,
+        proxy_cores,
         off_ms,
         back_ms,
         dead_attempts,
         timeline,
     })
+}
+
+/// User and system CPU seconds of the processes `pids` so far (Linux
+/// `/proc/<pid>/stat`); `None` when one cannot be read.
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
+    const TICKS: f64 = 100.0;
+    let mut total = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which may hold spaces.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of stat(5), 12 and 13 here.
+        total += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 / TICKS)
+}
+
+/// p99 latency of each backend's successful answers, µs.
+fn backend_p99(samples: &[&Sample]) -> BTreeMap<String, u64> {
+    let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for s in samples {
+        if let (Some(b), Some(200..=299)) = (&s.backend, s.status) {
+            by.entry(b).or_default().push(s.latency.as_micros() as u64);
+        }
+    }
+    by.into_iter()
+        .map(|(b, mut v)| {
+            v.sort_unstable();
+            let k = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+            (b.to_string(), v[k])
+        })
+        .collect()
 }
 
 fn share_map(counts: &BTreeMap<String, u64>) -> BTreeMap<String, f64> {
@@ -539,7 +621,7 @@ fn timeline(samples: &[&Sample], util: &[(Duration, Vec<f64>)], length: Duration
 /// Runs the matrix: for each repeat, every scenario, every policy in turn
 /// (so drift hits all policies alike).
 pub async fn run(cfg: &MatrixConfig, progress: impl Fn(&str)) -> Result<Vec<Cell>> {
-    let policies = policies();
+    let policies = policies(cfg);
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| cfg.scenarios.contains(s.letter()))
@@ -607,7 +689,7 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
         let crash = scenario == Scenario::Crash;
         let _ = writeln!(
             out,
-            "| policy | p50 | p99 | p99.9 | errors | shares x1/x2/x4 |{}",
+            "| policy | p50 | p99 | p99.9 | errors | shares x1/x2/x4 | p99 x1/x2/x4 | proxy CPU |{}",
             if crash {
                 " off after | attempts while down | back after |"
             } else {
@@ -616,7 +698,7 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
         );
         let _ = writeln!(
             out,
-            "|---|---:|---:|---:|---:|---|{}",
+            "|---|---:|---:|---:|---:|---|---|---:|{}",
             if crash { "---:|---:|---:|" } else { "" }
         );
         for c in &row {
@@ -632,8 +714,23 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
                 })
                 .collect::<Vec<_>>()
                 .join(" / ");
+            let tails = BACKENDS
+                .iter()
+                .map(|b| {
+                    let (t, _, _) =
+                        c.stat(|r| r.backend_p99_us.get(*b).copied().unwrap_or(0) as f64);
+                    ms(t)
+                })
+                .collect::<Vec<_>>()
+                .join(" / ");
+            let cpu = if c.runs.iter().all(|r| r.proxy_cores.is_some()) {
+                let (cores, _, _) = c.stat(|r| r.proxy_cores.unwrap_or(0.0));
+                format!("{:.0}%", cores * 100.0)
+            } else {
+                "—".to_string()
+            };
             let mut line = format!(
-                "| {} | {} | {} [{}–{}] | {} | {:.2}% [{:.2}–{:.2}] | {} |",
+                "| {} | {} | {} [{}–{}] | {} | {:.2}% [{:.2}–{:.2}] | {} | {} | {} |",
                 c.policy,
                 ms(p50),
                 ms(p99),
@@ -643,7 +740,9 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
                 err * 100.0,
                 errlo * 100.0,
                 errhi * 100.0,
-                shares
+                shares,
+                tails,
+                cpu
             );
             if crash {
                 let (off, offlo, offhi) = c.stat(|r| r.off_ms.map_or(f64::INFINITY, |o| o as f64));
@@ -849,5 +948,42 @@ fn events(scenario: Scenario, cfg: &MatrixConfig) -> Vec<Mark> {
             ),
         ],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn sample(ms: u64, backend: &str, status: u16) -> Sample {
+        Sample {
+            at: Duration::ZERO,
+            latency: Duration::from_millis(ms),
+            status: Some(status),
+            backend: Some(Arc::from(backend)),
+        }
+    }
+
+    #[test]
+    fn each_backend_has_its_own_tail_of_successful_answers() {
+        let mut v: Vec<Sample> = (1..=100).map(|ms| sample(ms, "x1", 200)).collect();
+        v.push(sample(5, "x4", 200));
+        // A failure's latency is not the backend's answer.
+        v.push(sample(9_000, "x4", 503));
+        let refs: Vec<&Sample> = v.iter().collect();
+        let p99 = backend_p99(&refs);
+        assert_eq!(p99.get("x1"), Some(&99_000));
+        assert_eq!(p99.get("x4"), Some(&5_000));
+    }
+
+    #[test]
+    fn cpu_seconds_reads_live_processes_and_refuses_unknown_ones() {
+        let me = std::process::id();
+        let busy = (0..2_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b));
+        assert!(busy > 0);
+        assert!(cpu_seconds(&[me]).is_some_and(|s| s >= 0.0));
+        // pid_max is at most 2^22 on Linux: this one cannot exist.
+        assert_eq!(cpu_seconds(&[me, u32::MAX]), None);
     }
 }

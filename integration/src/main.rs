@@ -150,6 +150,17 @@ enum Command {
         /// b: 3 proxies, c: antagonist, d: crash, e: gRPC).
         #[arg(long, default_value = "abcde")]
         lb_scenarios: String,
+        /// Only the matrix's policies whose name contains one of these.
+        #[arg(long)]
+        lb_policies: Vec<String>,
+        /// Service time of the matrix's backends, ms.
+        #[arg(long, default_value_t = switchyard_integration::lb_matrix::MatrixConfig::default().latency_ms)]
+        lb_service_ms: u64,
+        /// An extra Switchyard policy for the matrix, `NAME=JSON` (JSON
+        /// merged over the matrix's load-balancer configuration), to try a
+        /// change against the others.
+        #[arg(long)]
+        lb_extra_policy: Vec<String>,
         /// Count Envoy's instructions per request under valgrind's
         /// callgrind instead of measuring CPU time and latency (noise-free;
         /// `make bench-instructions`).
@@ -315,9 +326,21 @@ async fn real_main() -> Result<ExitCode> {
             only,
             lb_repeats,
             lb_scenarios,
+            lb_policies,
+            lb_service_ms,
+            lb_extra_policy,
             instructions,
             instruction_requests,
         } => {
+            let mut lb_extra_policies = Vec::new();
+            for p in &lb_extra_policy {
+                let (name, json) = p.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--lb-extra-policy {p:?}: expected NAME=JSON")
+                })?;
+                let json: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| anyhow::anyhow!("--lb-extra-policy {name}: {e}"))?;
+                lb_extra_policies.push((name.to_string(), json));
+            }
             let cfg = bench::BenchConfig {
                 rounds,
                 duration: Duration::from_secs(seconds),
@@ -325,6 +348,9 @@ async fn real_main() -> Result<ExitCode> {
                 only,
                 lb_repeats,
                 lb_scenarios,
+                lb_policies,
+                lb_extra_policies,
+                lb_service_ms,
                 ..bench::BenchConfig::default()
             };
             if instructions {

@@ -853,3 +853,61 @@ async fn prequal_keeps_traffic_off_a_backend_busy_with_other_proxies() {
     );
     assert!(stat(&envoy, "reports_accepted").await >= 900);
 }
+
+/// Issue 15: the default policy (`auto`) in real Envoy, with every backend
+/// reporting its requests in flight. `slow` (20 ms) and `fast` report the
+/// same load (3 of 10 slots, A58 weight 333 each) and `full` reports a
+/// queue (10 in flight on 8 slots, counting the request it answers; weight
+/// 80). `auto` keeps A58's order, so `slow`
+/// keeps its half of the turns although it is slower, and hands `full`'s
+/// turns to Prequal's rule, which never picks an endpoint without a free
+/// slot. (Prequal alone, with every endpoint sampled, sends everything to
+/// `fast`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_keeps_a58_shares_and_skips_a_backend_without_a_free_slot() {
+    let load = |rif: f64, util: f64| report(util).named("in_flight", rif);
+    let slow = Backend::start(
+        BackendSpec::new("slow")
+            .latency_ms(20)
+            .orca(OrcaFormat::Text)
+            .orca_fixed(load(3.0, 0.3)),
+    )
+    .await
+    .unwrap();
+    let fast = Backend::start(
+        BackendSpec::new("fast")
+            .orca(OrcaFormat::Json)
+            .orca_fixed(load(3.0, 0.3)),
+    )
+    .await
+    .unwrap();
+    let full = Backend::start(
+        BackendSpec::new("full")
+            .orca(OrcaFormat::BinHeader)
+            .orca_fixed(load(10.0, 1.25)),
+    )
+    .await
+    .unwrap();
+    let config = json!({
+        "endpoints": [endpoint(&slow), endpoint(&fast), endpoint(&full)],
+        "weighted_round_robin": fast_wrr(),
+        "prequal": {"choices": 3},
+    });
+    let envoy = start(TEMPLATE, &[&slow, &fast, &full], config, None).await;
+    // Reports from every backend, then past the blackout.
+    let _ = run(&envoy, 300).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let _ = run(&envoy, 100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let r = run(&envoy, 1000).await;
+    println!("{:?}", shares(&r, &["slow", "fast", "full"]));
+    assert_eq!(r.success_count(), 1000, "{}", r.summary_table());
+    assert!(r.share("full") < 0.01, "{}", r.summary_table());
+    // A58 gives slow 333 / 746 = 45 % of the turns.
+    assert!(
+        (0.36..0.5).contains(&r.share("slow")),
+        "{}",
+        r.summary_table()
+    );
+}

@@ -40,12 +40,14 @@ pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
-    /// Per priority level: [`Policy::Prequal`] while the latest report this
-    /// worker has from every endpoint of the level carried an in-flight
-    /// count, else [`Policy::WeightedRoundRobin`]. The default: Prequal had
-    /// a lower p99 than A58 in every scenario of the quality matrix
-    /// (BENCHMARKS.md), and A58 covers backends that report only
-    /// utilization.
+    /// Per priority level, [`Policy::WeightedRoundRobin`]'s order; while
+    /// the latest report this worker has from every endpoint of the level
+    /// carried an in-flight count, a pick whose endpoint has no free slot
+    /// (see [`crate::prequal::would_queue`]) goes by [`Policy::Prequal`]'s
+    /// rule instead. The default: in the quality matrix (BENCHMARKS.md) it
+    /// kept A58's steady spread where capacity holds still (Prequal alone
+    /// herded three proxies onto the same endpoint) and Prequal's escape
+    /// where it moves.
     #[default]
     Auto,
     /// gRFC A58 weights from load reports (configured weights until reports

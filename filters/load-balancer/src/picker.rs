@@ -262,7 +262,21 @@ impl Picker {
                 {
                     l.edf.pick()?
                 }
-                (Policy::Prequal | Policy::Auto, _) => {
+                // `auto` with every member counting: A58's smooth order,
+                // unless its endpoint has no free slot; then Prequal's rule.
+                (Policy::Auto, _) => {
+                    let first = l.edf.pick()?;
+                    if !prequal::would_queue(&signals.estimate(first)) {
+                        first
+                    } else {
+                        let estimates: Vec<Estimate> =
+                            l.members.iter().map(|&i| signals.estimate(i)).collect();
+                        let (choices, q) = self.prequal;
+                        let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
+                        *l.members.get(k)?
+                    }
+                }
+                (Policy::Prequal, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
                     let (choices, q) = self.prequal;
@@ -413,6 +427,7 @@ mod tests {
         reported: false,
         reports_in_flight: false,
         load: None,
+        step: 0.0,
         latency_ns: None,
     };
 
@@ -425,7 +440,17 @@ mod tests {
             reported: true,
             reports_in_flight: true,
             load: None,
+            step: 0.0,
             latency_ns: Some(ms * 1e6),
+        }
+    }
+
+    /// A reported estimate with a utilization: `rif` in flight at `load`.
+    fn util(rif: f64, load: f64) -> Estimate {
+        Estimate {
+            load: Some(load),
+            step: load / rif,
+            ..est(rif, 10.0)
         }
     }
 
@@ -629,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_picks_by_a58_weights_until_in_flight_counts_are_reported() {
+    fn auto_keeps_a58_order_and_sends_nothing_to_a_full_endpoint() {
         let mut t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 0, 1)]);
         for (e, w) in t.endpoints.iter_mut().zip([125.0, 250.0, 500.0]) {
             e.dyn_weight = w;
@@ -639,19 +664,33 @@ mod tests {
         let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
         // No in-flight counts: the A58 weights decide.
         assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
-        // Reported counts: Prequal; c is hot, b the faster cold one.
-        let inputs = Fixed(move |i: usize| match i {
-            0 => (0.0, 0, est(3.0, 20.0)),
-            1 => (0.0, 0, est(2.0, 10.0)),
-            _ => (0.0, 0, est(9.0, 1.0)),
+        // Counts with room everywhere (4 + 1 of 8 slots, 8 + 1 of 16, ...):
+        // still A58's order, exactly.
+        let room = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, util(4.0, 0.5)),
+            1 => (0.0, 0, util(8.0, 0.5)),
+            _ => (0.0, 0, util(16.0, 0.5)),
         });
         let mut rng = Rng::new(5);
         let mut got = [0; 3];
-        for _ in 0..300 {
-            got[p.pick(None, &mut rng, &inputs, false).unwrap().first] += 1;
+        for _ in 0..700 {
+            got[p.pick(None, &mut rng, &room, false).unwrap().first] += 1;
+        }
+        assert_eq!(got, [100, 200, 400]);
+        // c is full (32 of 32): a and b keep their own turns, and c's go to
+        // them by Prequal's rule (b, 8 of 16 slots, is colder than a, 6 of
+        // 8, whenever the two are sampled together).
+        let full = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, util(6.0, 0.75)),
+            1 => (0.0, 0, util(8.0, 0.5)),
+            _ => (0.0, 0, util(32.0, 1.0)),
+        });
+        let mut got = [0; 3];
+        for _ in 0..700 {
+            got[p.pick(None, &mut rng, &full, false).unwrap().first] += 1;
         }
         assert_eq!(got[2], 0, "{got:?}");
-        assert!(got[1] > got[0], "{got:?}");
+        assert!(got[0] >= 100 && got[1] - 200 > got[0] - 100, "{got:?}");
     }
 
     #[test]

@@ -18,7 +18,11 @@
 //! - **load**: Prequal's replicas are alike; ours may not be, so when
 //!   reports carry a utilization the load is that utilization, moved by
 //!   this worker's requests since, each worth 1 / capacity (capacity =
-//!   reported RIF / reported utilization, averaged); else plain RIF;
+//!   reported RIF / reported utilization, averaged); else plain RIF. A
+//!   pick compares loads with its own request added, `(RIF + 1) /
+//!   capacity`: the Shortest Expected Delay (SED) rule of queueing theory
+//!   for servers of unequal speed, so the larger of two equally utilized
+//!   endpoints is colder;
 //! - **latency**: an average of this worker's own successful answers as
 //!   Envoy measured them (`x-envoy-upstream-service-time`, ms), forgotten
 //!   after `max_age_ms` without one.
@@ -80,6 +84,9 @@ pub struct Estimate {
     /// Utilization-based load (see the module docs); `None` without a
     /// reported utilization and capacity.
     pub load: Option<f64>,
+    /// What one more request adds to `load`: 1 / capacity; 0 when `load`
+    /// is `None`.
+    pub step: f64,
     /// Latency estimate in ns; `None` when unknown or forgotten.
     pub latency_ns: Option<f64>,
 }
@@ -91,6 +98,7 @@ impl Estimate {
         reported: false,
         reports_in_flight: false,
         load: None,
+        step: 0.0,
         latency_ns: None,
     };
 }
@@ -209,6 +217,11 @@ impl Live {
             reported,
             reports_in_flight: s.reports_in_flight,
             load,
+            step: if load.is_some() {
+                1.0 / s.capacity
+            } else {
+                0.0
+            },
             latency_ns,
         }
     }
@@ -244,8 +257,12 @@ pub fn choose(
         .iter()
         .filter(|e| e.reported)
         .all(|e| e.load.is_some());
+    // The load with this request added: Shortest Expected Delay's
+    // (n + 1) / capacity, so of two endpoints equally utilized the larger
+    // one, with more free slots, is colder (a small one queues sooner).
+    // Without capacities, n + 1 orders as plain in-flight counts do.
     let own_load = |e: &Estimate| match e.load {
-        Some(l) if normalise => l,
+        Some(l) if normalise => l + e.step,
         _ => e.rif,
     };
     let reported: Vec<f64> = estimates
@@ -293,9 +310,10 @@ pub fn choose(
             a
         }
     };
-    // A utilization of 1 or more means a queue, whatever the quantile says
-    // (with 3 endpoints, the 0.8 quantile leaves 2 cold however loaded).
-    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] >= 1.0);
+    // A load above 1 with this request added means it would queue (no free
+    // slot), whatever the quantile says (with 3 endpoints, the 0.8 quantile
+    // leaves 2 cold however loaded).
+    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] > 1.0 + 1e-9);
     let chosen = sampled
         .iter()
         .copied()
@@ -305,6 +323,13 @@ pub fn choose(
     // loads are known anyway), not of the sample, which may have missed
     // the one endpoint with room.
     chosen.or_else(|| (0..n).min_by(|&a, &b| loads[a].total_cmp(&loads[b])))
+}
+
+/// Whether one more request at the endpoint `e` would wait for a slot: its
+/// utilization-based load with the request added is above 1. `false` when
+/// the load is unknown (no utilization or capacity yet).
+pub fn would_queue(e: &Estimate) -> bool {
+    e.load.is_some_and(|l| l + e.step > 1.0 + 1e-9)
 }
 
 /// Latencies closer than this fraction count as equal.
@@ -339,6 +364,8 @@ mod tests {
             reported: true,
             reports_in_flight: true,
             load,
+            // Capacity = rif / load, as `Live` estimates it.
+            step: load.map_or(0.0, |l| if rif > 0.0 { l / rif } else { 0.0 }),
             latency_ns: latency_ms.map(|l| l * 1e6),
         }
     }
@@ -388,6 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn of_two_equally_utilized_endpoints_the_larger_is_colder() {
+        // 3 of 4 slots and 12 of 16: the same 0.75, but one more request
+        // leaves the small one full and the large one with 3 free slots
+        // (Shortest Expected Delay's (n + 1) / capacity).
+        let e = [
+            est(3.0, Some(0.75), Some(10.0)),
+            est(12.0, Some(0.75), Some(10.0)),
+        ];
+        assert_eq!(shares(&e, 2, 1.0), vec![0, 3000]);
+        // One free slot left is still cold; none left is hot, even when
+        // the quantile lets everything in.
+        let e = [
+            est(3.0, Some(0.75), Some(1.0)),
+            est(16.0, Some(1.0), Some(10.0)),
+        ];
+        assert_eq!(shares(&e, 2, 1.0), vec![3000, 0]);
+    }
+
+    #[test]
     fn two_choices_spread_picks_over_the_cold_endpoints() {
         let e = [
             est(1.0, None, Some(10.0)),
@@ -417,6 +463,7 @@ mod tests {
             reported: false,
             reports_in_flight: true,
             load: None,
+            step: 0.0,
             latency_ns: None,
         };
         let e = [
