@@ -43,8 +43,8 @@ pub enum Policy {
     /// Per priority level, [`Policy::WeightedRoundRobin`]'s order; while
     /// the latest report this worker has from every endpoint of the level
     /// carried an in-flight count, a pick whose endpoint has no free slot
-    /// (see [`crate::prequal::would_queue`]) goes by [`Policy::Prequal`]'s
-    /// rule instead. The default: in the quality matrix (BENCHMARKS.md) it
+    /// (see [`crate::prequal::would_queue`]), or no reported utilization to
+    /// tell, goes by [`Policy::Prequal`]'s rule instead. The default: in the quality matrix (BENCHMARKS.md) it
     /// kept A58's steady spread where capacity holds still (Prequal alone
     /// herded three proxies onto the same endpoint) and Prequal's escape
     /// where it moves.

@@ -263,10 +263,12 @@ impl Picker {
                     l.edf.pick()?
                 }
                 // `auto` with every member counting: A58's smooth order,
-                // unless its endpoint has no free slot; then Prequal's rule.
+                // unless its endpoint has no free slot, or no capacity to
+                // tell (counts without a utilization); then Prequal's rule.
                 (Policy::Auto, _) => {
                     let first = l.edf.pick()?;
-                    if !prequal::would_queue(&signals.estimate(first)) {
+                    let e = signals.estimate(first);
+                    if e.load.is_some() && !prequal::would_queue(&e) {
                         first
                     } else {
                         let estimates: Vec<Estimate> =
@@ -691,6 +693,19 @@ mod tests {
         }
         assert_eq!(got[2], 0, "{got:?}");
         assert!(got[0] >= 100 && got[1] - 200 > got[0] - 100, "{got:?}");
+        // Counts without a utilization (no capacity, so no "full"):
+        // Prequal's rule throughout; c is hot, b the faster cold one.
+        let counts = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, est(3.0, 20.0)),
+            1 => (0.0, 0, est(2.0, 10.0)),
+            _ => (0.0, 0, est(9.0, 1.0)),
+        });
+        let mut got = [0; 3];
+        for _ in 0..300 {
+            got[p.pick(None, &mut rng, &counts, false).unwrap().first] += 1;
+        }
+        assert_eq!(got[2], 0, "{got:?}");
+        assert!(got[1] > got[0], "{got:?}");
     }
 
     #[test]
