@@ -116,6 +116,11 @@ pub fn update_weights(store: &Store, now: u64) {
         };
         let mut next = cur.clone();
         let stats = table::apply_reports(&mut next, &reports, now, params);
+        if next == *cur {
+            // Nothing moved (an idle proxy, reports unchanged): no write,
+            // so no worker fetches and decodes the table again.
+            return Update::Keep(Some((stats, next)));
+        }
         next.version += 1;
         Update::Write(next.clone(), Some((stats, next)))
     });

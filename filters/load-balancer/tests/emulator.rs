@@ -118,6 +118,37 @@ fn reports_on_one_worker_set_the_weights_on_another() {
 }
 
 #[test]
+fn an_idle_weight_job_writes_nothing_and_workers_fetch_nothing() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}","name":"a"}},{{"address":"{B}","name":"b"}}],
+                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    let (s, _) = request(&w, &[]);
+    respond(
+        &s,
+        A,
+        "200",
+        Some("TEXT application_utilization=0.5,rps_fractional=100"),
+    );
+    host.advance(Duration::from_millis(150));
+    w.tick(); // the report moves a weight: a new table
+    let keys = host.shared_keys_ending("/table");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (_, cas) = host.shared_data(&keys[0]).expect("table written");
+    let runs = metric(&host, "weight_updates");
+    // No traffic: the job runs, and the table (and its version) stay.
+    for _ in 0..5 {
+        host.advance(Duration::from_millis(150));
+        w.tick();
+    }
+    assert!(metric(&host, "weight_updates") >= runs + 5);
+    assert_eq!(host.shared_data(&keys[0]).map(|(_, c)| c), Some(cas));
+}
+
+#[test]
 fn consecutive_failures_on_two_workers_eject() {
     let host = Host::new(INIT)
         .plugin_config(format!(

@@ -423,6 +423,21 @@ impl Host {
         self.state().shared_data.get(key).cloned()
     }
 
+    /// The shared-data keys that end with `suffix`, sorted (filters derive
+    /// keys from plugin names and configuration hashes a test need not
+    /// rebuild).
+    pub fn shared_keys_ending(&self, suffix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .state()
+            .shared_data
+            .keys()
+            .filter(|k| k.ends_with(suffix))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Sets a shared-data key unconditionally (as a filter would with CAS 0);
     /// returns the new CAS.
     pub fn set_shared_data(&self, key: &str, value: impl AsRef<[u8]>) -> u32 {
