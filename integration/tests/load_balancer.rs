@@ -890,7 +890,10 @@ async fn auto_keeps_a58_shares_and_skips_a_backend_without_a_free_slot() {
     .unwrap();
     let config = json!({
         "endpoints": [endpoint(&slow), endpoint(&fast), endpoint(&full)],
-        "weighted_round_robin": fast_wrr(),
+        // `full` gets no requests, so no reports: its weight must not
+        // expire (to the median) while the test runs.
+        "weighted_round_robin": {"blackout_period_ms": 600, "weight_update_period_ms": 100,
+            "weight_expiration_period_ms": 60000},
         "prequal": {"choices": 3},
     });
     let envoy = start(TEMPLATE, &[&slow, &fast, &full], config, None).await;

@@ -252,30 +252,26 @@ impl Picker {
                 },
                 (Policy::Random, _) => weighted_random(&l.members, &l.weights, rng),
                 (Policy::P2c, _) => p2c(l, rng, signals, self.in_flight_cost),
-                // `auto` on A58 unless every member's latest report carried
-                // an in-flight count (checked before any estimate is built).
-                (Policy::Auto, _)
-                    if !l
-                        .members
-                        .iter()
-                        .all(|&i| signals.estimate(i).reports_in_flight) =>
-                {
-                    l.edf.pick()?
-                }
-                // `auto` with every member counting: A58's smooth order,
-                // unless its endpoint has no free slot, or no capacity to
-                // tell (counts without a utilization); then Prequal's rule.
+                // `auto`: A58's smooth order. While every member's latest
+                // report carried an in-flight count, a pick whose endpoint
+                // has no free slot, or no usable report with a utilization
+                // to tell, goes by Prequal's rule.
                 (Policy::Auto, _) => {
+                    let estimates: Vec<Estimate> =
+                        l.members.iter().map(|&i| signals.estimate(i)).collect();
                     let first = l.edf.pick()?;
-                    let e = signals.estimate(first);
-                    if e.load.is_some() && !prequal::would_queue(&e) {
+                    if !estimates.iter().all(|e| e.reports_in_flight) {
                         first
                     } else {
-                        let estimates: Vec<Estimate> =
-                            l.members.iter().map(|&i| signals.estimate(i)).collect();
-                        let (choices, q) = self.prequal;
-                        let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
-                        *l.members.get(k)?
+                        let k = l.members.iter().position(|&m| m == first)?;
+                        let e = estimates.get(k)?;
+                        if e.load.is_some() && !prequal::would_queue(e) {
+                            first
+                        } else {
+                            let (choices, q) = self.prequal;
+                            let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
+                            *l.members.get(k)?
+                        }
                     }
                 }
                 (Policy::Prequal, _) => {

@@ -424,13 +424,16 @@ mod tests {
             est(12.0, Some(0.75), Some(10.0)),
         ];
         assert_eq!(shares(&e, 2, 1.0), vec![0, 3000]);
-        // One free slot left is still cold; none left is hot, even when
-        // the quantile lets everything in.
+        // One free slot left is still cold: the fastest, a (3 of 4), wins
+        // every pick. Were it hot, the slower cold c would win instead;
+        // b, with no free slot, is hot even though the quantile lets
+        // everything in.
         let e = [
             est(3.0, Some(0.75), Some(1.0)),
-            est(16.0, Some(1.0), Some(10.0)),
+            est(16.0, Some(1.0), Some(1.0)),
+            est(2.0, Some(0.25), Some(10.0)),
         ];
-        assert_eq!(shares(&e, 2, 1.0), vec![3000, 0]);
+        assert_eq!(shares(&e, 3, 1.0), vec![3000, 0, 0]);
     }
 
     #[test]
