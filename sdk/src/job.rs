@@ -8,7 +8,11 @@
 //! for the next interval: no VM "gives up" its turn to another one that
 //! would fail the same way at once.
 //!
-//! Cost: one shared-data read per tick per VM, one CAS write per run.
+//! Cost: one shared-data read per VM per interval, not per tick (each VM
+//! remembers the next-run time it last saw or wrote, and reads again only
+//! once that time has come), one CAS write per run. A run moved sooner by
+//! [`Job::schedule`] is seen at once by the VM that moved it, by the others
+//! when their remembered time comes.
 
 #[cfg(feature = "host")]
 pub use host_job::Job;
@@ -28,6 +32,8 @@ mod host_job {
     pub struct Job {
         next_run: SharedValue<u64>,
         interval_ns: u64,
+        /// The next-run time this VM last read or wrote: no read before it.
+        known_next: std::cell::Cell<Option<u64>>,
     }
 
     impl Job {
@@ -36,6 +42,7 @@ mod host_job {
             Job {
                 next_run: SharedValue::new(key),
                 interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+                known_next: std::cell::Cell::new(None),
             }
         }
 
@@ -43,20 +50,29 @@ mod host_job {
         /// interval (the caller then runs the job). Errors from shared data
         /// read as "not mine".
         pub fn claim(&self, now_ns: u64) -> bool {
+            if !due(self.known_next.get(), now_ns) {
+                return false;
+            }
             let next = now_ns.saturating_add(self.interval_ns);
+            let mut seen = None;
             let r: Result<bool, UpdateError> = self.next_run.update(|cur| {
                 if due(cur.copied(), now_ns) {
+                    seen = Some(next);
                     Update::Write(next, true)
                 } else {
+                    seen = cur.copied();
                     Update::Keep(false)
                 }
             });
+            // On an error nothing is remembered: the next tick reads again.
+            self.known_next.set(if r.is_ok() { seen } else { None });
             r.unwrap_or(false)
         }
 
         /// Moves the next run to `at_ns` (e.g. sooner after a change, or
         /// later after a long-running callout); last writer wins.
         pub fn schedule(&self, at_ns: u64) {
+            self.known_next.set(Some(at_ns));
             let _ = self.next_run.set(&at_ns);
         }
     }

@@ -149,6 +149,26 @@ fn an_idle_weight_job_writes_nothing_and_workers_fetch_nothing() {
 }
 
 #[test]
+fn an_idle_tick_reads_the_job_lease_once_per_interval_not_per_tick() {
+    let host = Host::new(INIT)
+        .plugin_config(format!(
+            r#"{{"endpoints":[{{"address":"{A}","name":"a"}}],
+                "weighted_round_robin":{{"weight_update_period_ms":1000}}}}"#
+        ))
+        .build();
+    let w = host.start_worker();
+    w.tick();
+    // 40 ticks of 20 ms: 0.8 s, within one weight-job interval. Each
+    // reads the table version (to follow it); none reads the job's lease.
+    let before = host.shared_reads();
+    for _ in 0..40 {
+        host.advance(Duration::from_millis(20));
+        w.tick();
+    }
+    assert_eq!(host.shared_reads() - before, 40);
+}
+
+#[test]
 fn consecutive_failures_on_two_workers_eject() {
     let host = Host::new(INIT)
         .plugin_config(format!(

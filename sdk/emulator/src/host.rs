@@ -278,6 +278,7 @@ pub(crate) struct HostState {
     shared_data: HashMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
     cas_mismatches: u64,
+    shared_reads: u64,
     queues: BTreeMap<u32, Queue>,
     queue_ids: HashMap<(String, String), u32>,
     next_queue_id: u32,
@@ -299,6 +300,7 @@ impl HostState {
             shared_data: HashMap::new(),
             next_cas: 1,
             cas_mismatches: 0,
+            shared_reads: 0,
             queues: BTreeMap::new(),
             queue_ids: HashMap::new(),
             next_queue_id: 1,
@@ -455,7 +457,14 @@ impl Host {
     }
 
     pub(crate) fn get_shared(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shared_data(key)
+        let mut state = self.state();
+        state.shared_reads += 1;
+        state.shared_data.get(key).cloned()
+    }
+
+    /// How many `proxy_get_shared_data` calls the modules made so far.
+    pub fn shared_reads(&self) -> u64 {
+        self.state().shared_reads
     }
 
     /// Envoy semantics: a non-zero CAS must match an existing key's CAS; a new
