@@ -119,12 +119,7 @@ fn reports_on_one_worker_set_the_weights_on_another() {
 
 #[test]
 fn an_idle_weight_job_writes_nothing_and_workers_fetch_nothing() {
-    let host = Host::new(INIT)
-        .plugin_config(format!(
-            r#"{{"endpoints":[{{"address":"{A}","name":"a"}},{{"address":"{B}","name":"b"}}],
-                "weighted_round_robin":{{"blackout_period_ms":0,"weight_update_period_ms":100}}}}"#
-        ))
-        .build();
+    let host = two_endpoints_quick_weights();
     let w = host.start_worker();
     let (s, _) = request(&w, &[]);
     respond(
