@@ -117,6 +117,8 @@ pub struct BenchConfig {
     pub lb_extra_policies: Vec<(String, serde_json::Value)>,
     /// Service time of the matrix's backends, ms.
     pub lb_service_ms: u64,
+    /// Log-normal service times with this p99, ms (median `lb_service_ms`).
+    pub lb_service_p99_ms: Option<u64>,
 }
 
 impl Default for BenchConfig {
@@ -135,6 +137,7 @@ impl Default for BenchConfig {
             lb_policies: Vec::new(),
             lb_extra_policies: Vec::new(),
             lb_service_ms: crate::lb_matrix::MatrixConfig::default().latency_ms,
+            lb_service_p99_ms: None,
         }
     }
 }
@@ -1051,6 +1054,7 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         policies: cfg.lb_policies.clone(),
         extra_policies: cfg.lb_extra_policies.clone(),
         latency_ms: cfg.lb_service_ms,
+        service_p99_ms: cfg.lb_service_p99_ms,
         ..Default::default()
     };
     let lb = if cfg.only.is_empty() || cfg.only.iter().any(|o| o == "lb-matrix") {

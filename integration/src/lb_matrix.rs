@@ -22,7 +22,7 @@
 //! reset, 2 of them) and the same passive health (3 consecutive failures
 //! eject for 1 s).
 
-use crate::backend::{Backend, BackendSpec, OrcaFormat};
+use crate::backend::{Backend, BackendSpec, Latency, OrcaFormat};
 use crate::bench::{BASE, ENDPOINTS, Role, Variant, median_f, start_variant, wasm_filter};
 use crate::envoy::Envoy;
 use crate::scenario::html::{Line, Mark, PALETTE, Style, YAxis, chart, esc};
@@ -48,8 +48,12 @@ pub const BACKENDS: [&str; 3] = ["x1", "x2", "x4"];
 pub struct MatrixConfig {
     /// Interleaved repeats of every cell (the table shows medians).
     pub repeats: usize,
-    /// Service time of every backend, ms.
+    /// Service time of every backend, ms (the median when
+    /// `service_p99_ms` is set).
     pub latency_ms: u64,
+    /// When set (and above `latency_ms`): service times vary, log-normal
+    /// with median `latency_ms` and this 99th percentile, ms.
+    pub service_p99_ms: Option<u64>,
     /// Slots of the smallest backend (the others have 2× and 4×).
     pub unit_capacity: usize,
     /// Offered load in `a`, `b` and `d`, as a share of the total capacity.
@@ -90,6 +94,7 @@ impl Default for MatrixConfig {
             // 42 % with Envoy's own policies, and p99 measured the wait for
             // that core more than the balancing (BENCHMARKS.md, tenth session).
             latency_ms: 50,
+            service_p99_ms: None,
             unit_capacity: 4,
             load_share: 0.7,
             steady: Duration::from_secs(8),
@@ -290,12 +295,38 @@ impl Cell {
     }
 }
 
+impl MatrixConfig {
+    /// The backends' service time distribution.
+    fn service(&self) -> Latency {
+        match self.service_p99_ms {
+            Some(p99) if p99 > self.latency_ms => Latency::LogNormal {
+                p50: Duration::from_millis(self.latency_ms),
+                p99: Duration::from_millis(p99),
+            },
+            _ => Latency::ms(self.latency_ms),
+        }
+    }
+
+    /// Mean service time, ms: what a slot serves per second follows from
+    /// it. Log-normal: median × e^(σ²/2), σ = ln(p99 / p50) / z(0.99).
+    pub fn mean_service_ms(&self) -> f64 {
+        let p50 = self.latency_ms.max(1) as f64;
+        match self.service() {
+            Latency::LogNormal { p99, .. } => {
+                let sigma = (p99.as_secs_f64() * 1000.0 / p50).ln() / 2.326_347_874;
+                p50 * (sigma * sigma / 2.0).exp()
+            }
+            _ => p50,
+        }
+    }
+}
+
 /// Starts the three backends of the matrix.
 async fn backends(cfg: &MatrixConfig, grpc: bool) -> Result<Vec<Backend>> {
     let mut out = Vec::new();
     for (name, k) in BACKENDS.iter().zip([1, 2, 4]) {
         let spec = BackendSpec::new(*name)
-            .latency_ms(cfg.latency_ms)
+            .latency(cfg.service())
             .capacity(cfg.unit_capacity * k);
         let spec = if grpc {
             spec.grpc().orca(OrcaFormat::BinHeader)
@@ -411,7 +442,7 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
     for _ in 0..scenario.proxies() {
         proxies.push(start_variant(&policy, &backends, cfg.envoy_cpu, 1).await?);
     }
-    let slot_rps = 1000.0 / cfg.latency_ms as f64;
+    let slot_rps = 1000.0 / cfg.mean_service_ms();
     let total_slots = cfg.unit_capacity * 7;
     let rate = match scenario {
         Scenario::Antagonist => {
@@ -671,11 +702,19 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
     }
     let _ = writeln!(
         out,
-        "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {} ms, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",
+        "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {}, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",
         cfg.unit_capacity,
         cfg.unit_capacity * 2,
         cfg.unit_capacity * 4,
-        cfg.latency_ms,
+        match cfg.service() {
+            Latency::LogNormal { p99, .. } => format!(
+                "log-normal service times (median {} ms, p99 {} ms, mean {:.1} ms)",
+                cfg.latency_ms,
+                p99.as_millis(),
+                cfg.mean_service_ms()
+            ),
+            _ => format!("{} ms", cfg.latency_ms),
+        },
         cfg.repeats
     );
     for scenario in Scenario::ALL {
@@ -987,6 +1026,28 @@ mod tests {
             .map(|p| p.name)
             .collect();
         assert_eq!(names, ["envoy client_side_weighted_round_robin"]);
+    }
+
+    #[test]
+    fn the_rate_follows_the_mean_service_time() {
+        let fixed = MatrixConfig::default();
+        assert_eq!(fixed.mean_service_ms(), 50.0);
+        // p99 = 4 × p50: σ = ln 4 / 2.326 = 0.596, mean = 50 × e^0.178.
+        let varied = MatrixConfig {
+            service_p99_ms: Some(200),
+            ..MatrixConfig::default()
+        };
+        assert!(
+            (varied.mean_service_ms() - 59.7).abs() < 0.1,
+            "{}",
+            varied.mean_service_ms()
+        );
+        // A p99 not above the median is a fixed time.
+        let odd = MatrixConfig {
+            service_p99_ms: Some(50),
+            ..MatrixConfig::default()
+        };
+        assert_eq!(odd.service(), Latency::ms(50));
     }
 
     #[test]

@@ -156,6 +156,10 @@ enum Command {
         /// Service time of the matrix's backends, ms.
         #[arg(long, default_value_t = switchyard_integration::lb_matrix::MatrixConfig::default().latency_ms)]
         lb_service_ms: u64,
+        /// Vary the matrix's service times: log-normal with median
+        /// --lb-service-ms and this 99th percentile, ms.
+        #[arg(long)]
+        lb_service_p99_ms: Option<u64>,
         /// An extra Switchyard policy for the matrix, `NAME=JSON` (JSON
         /// merged over the matrix's load-balancer configuration), to try a
         /// change against the others.
@@ -328,6 +332,7 @@ async fn real_main() -> Result<ExitCode> {
             lb_scenarios,
             lb_policies,
             lb_service_ms,
+            lb_service_p99_ms,
             lb_extra_policy,
             instructions,
             instruction_requests,
@@ -351,6 +356,7 @@ async fn real_main() -> Result<ExitCode> {
                 lb_policies,
                 lb_extra_policies,
                 lb_service_ms,
+                lb_service_p99_ms,
                 ..bench::BenchConfig::default()
             };
             if instructions {
