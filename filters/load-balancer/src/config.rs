@@ -44,8 +44,10 @@ pub enum Policy {
     /// the latest report this worker has from every endpoint of the level
     /// carried an in-flight count, a pick whose endpoint has no free slot
     /// (see [`crate::prequal::would_queue`]), or no usable report with a
-    /// utilization to tell (none younger than `prequal.max_age_ms` while
-    /// nothing is in flight there), goes by [`Policy::Prequal`]'s rule
+    /// utilization and a known capacity to tell (none younger than
+    /// `prequal.max_age_ms` while nothing is in flight there; capacity is
+    /// learned from reports with a count above 0), goes by
+    /// [`Policy::Prequal`]'s rule
     /// instead, which may pick it again as a typical endpoint: a full one
     /// is probed once its report has aged out. The default: in the quality matrix (BENCHMARKS.md) it
     /// kept A58's steady spread where capacity holds still (Prequal alone
