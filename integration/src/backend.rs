@@ -397,6 +397,27 @@ impl Latency {
             max: Duration::from_millis(max_ms),
         }
     }
+    /// σ of a log-normal with median `p50` and 99th percentile `p99`;
+    /// `None` when that is no spread (`p50` zero or `p99` not above it).
+    fn log_normal_sigma(p50: Duration, p99: Duration) -> Option<f64> {
+        // z of the 99th percentile of the standard normal.
+        (!p50.is_zero() && p99 > p50)
+            .then(|| (p99.as_secs_f64() / p50.as_secs_f64()).ln() / 2.326_347_874)
+    }
+
+    /// The mean latency (log-normal: median × e^(σ²/2), ignoring the cap
+    /// at 10 × p99).
+    pub fn mean(&self) -> Duration {
+        match *self {
+            Latency::Fixed(d) => d,
+            Latency::Uniform { min, max } => (min + max) / 2,
+            Latency::LogNormal { p50, p99 } => match Self::log_normal_sigma(p50, p99) {
+                Some(sigma) => p50.mul_f64((sigma * sigma / 2.0).exp()),
+                None => p50,
+            },
+        }
+    }
+
     /// Draws one request's latency.
     pub fn sample(&self) -> Duration {
         match *self {
@@ -408,12 +429,10 @@ impl Latency {
                 Duration::from_nanos(rand::rng().random_range(lo_ns..=hi_ns))
             }
             Latency::LogNormal { p50, p99 } => {
-                let median = p50.as_secs_f64();
-                if median <= 0.0 || p99 <= p50 {
+                let Some(sigma) = Self::log_normal_sigma(p50, p99) else {
                     return p50;
-                }
-                // z of the 99th percentile of the standard normal.
-                let sigma = (p99.as_secs_f64() / median).ln() / 2.326_347_874;
+                };
+                let median = p50.as_secs_f64();
                 // Box-Muller; u1 in (0, 1] keeps ln finite.
                 let mut rng = rand::rng();
                 let u1: f64 = 1.0 - rng.random::<f64>();

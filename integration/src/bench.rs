@@ -1027,6 +1027,15 @@ pub fn memory_markdown(rows: &[MemoryRow]) -> String {
     out
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it): names
+/// result files so runs do not overwrite each other.
+pub(crate) fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Everything `make bench` runs: the variants, the memory rows, then the
 /// LB quality matrix; writes `bench-<time>.json`, `latest.md` and
 /// `lb-matrix.html` under `out`, prints the tables.
@@ -1063,11 +1072,7 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         Vec::new()
     };
     std::fs::create_dir_all(out)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let json = out.join(format!("bench-{stamp}.json"));
+    let json = out.join(format!("bench-{}.json", unix_seconds()));
     let doc = serde_json::json!({"variants": report, "memory": mem,
         "lb_matrix": {"config": lb_cfg, "cells": lb}});
     std::fs::write(&json, serde_json::to_vec_pretty(&doc)?)?;

@@ -262,11 +262,10 @@ pub async fn run_and_write(cfg: &BenchConfig, icfg: &InstructionConfig, out: &Pa
     let progress = |step: &str| eprintln!("bench: {step}");
     let rows = run(cfg, icfg, progress).await?;
     std::fs::create_dir_all(out)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let json = out.join(format!("instructions-{stamp}.json"));
+    let json = out.join(format!(
+        "instructions-{}.json",
+        crate::bench::unix_seconds()
+    ));
     std::fs::write(
         &json,
         serde_json::to_vec_pretty(&serde_json::json!({"config": icfg, "rows": rows}))?,

@@ -211,17 +211,16 @@ fn standard_policies() -> Vec<Variant> {
     let native = || Role::Native { group: "lb".into() };
     let route = include_str!("../templates/bench/matrix-route.yaml");
     let outlier = include_str!("../templates/bench/matrix-outlier.yaml");
-    let switchyard = |name: &str, policy: serde_json::Value| switchyard_policy(name, &policy);
     let builtin = |name: &str, policy: &str| {
         Variant::new(name, native(), BASE)
             .partial("lb_extra", format!("{policy}\n{outlier}"))
             .partial("route_action", route)
     };
     vec![
-        switchyard(DEFAULT_POLICY, serde_json::json!({})),
-        switchyard(
+        switchyard_policy(DEFAULT_POLICY, &serde_json::json!({})),
+        switchyard_policy(
             "switchyard A58 WRR",
-            serde_json::json!({"policy": "weighted_round_robin"}),
+            &serde_json::json!({"policy": "weighted_round_robin"}),
         ),
         builtin("envoy round_robin", ""),
         builtin(
@@ -308,16 +307,9 @@ impl MatrixConfig {
     }
 
     /// Mean service time, ms: what a slot serves per second follows from
-    /// it. Log-normal: median × e^(σ²/2), σ = ln(p99 / p50) / z(0.99).
+    /// it.
     pub fn mean_service_ms(&self) -> f64 {
-        let p50 = self.latency_ms.max(1) as f64;
-        match self.service() {
-            Latency::LogNormal { p99, .. } => {
-                let sigma = (p99.as_secs_f64() * 1000.0 / p50).ln() / 2.326_347_874;
-                p50 * (sigma * sigma / 2.0).exp()
-            }
-            _ => p50,
-        }
+        (self.service().mean().as_secs_f64() * 1000.0).max(1.0)
     }
 }
 

@@ -268,18 +268,14 @@ impl Picker {
                         if e.load.is_some() && !prequal::would_queue(e) {
                             first
                         } else {
-                            let (choices, q) = self.prequal;
-                            let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
-                            *l.members.get(k)?
+                            by_prequal(l, &estimates, self.prequal, rng)?
                         }
                     }
                 }
                 (Policy::Prequal, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
-                    let (choices, q) = self.prequal;
-                    let k = prequal::choose(&estimates, &l.penalties, choices, q, rng)?;
-                    *l.members.get(k)?
+                    by_prequal(l, &estimates, self.prequal, rng)?
                 }
                 _ => l.edf.pick()?,
             }
@@ -321,6 +317,18 @@ impl Picker {
     pub fn table_size(&self) -> u32 {
         self.table_size
     }
+}
+
+/// Prequal's pick among `l`'s members, whose estimates are `estimates`
+/// (same order); `(choices, hot_quantile)` from the configuration.
+fn by_prequal(
+    l: &Level,
+    estimates: &[Estimate],
+    (choices, q): (usize, f64),
+    rng: &mut Rng,
+) -> Option<usize> {
+    let k = prequal::choose(estimates, &l.penalties, choices, q, rng)?;
+    l.members.get(k).copied()
 }
 
 // invariant (both): `members` is non-empty and as long as `weights`; the

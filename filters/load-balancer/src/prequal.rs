@@ -313,7 +313,7 @@ pub fn choose(
     // A load above 1 with this request added means it would queue (no free
     // slot), whatever the quantile says (with 3 endpoints, the 0.8 quantile
     // leaves 2 cold however loaded).
-    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] > 1.0 + 1e-9);
+    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] > FULL);
     let chosen = sampled
         .iter()
         .copied()
@@ -329,8 +329,12 @@ pub fn choose(
 /// utilization-based load with the request added is above 1. `false` when
 /// the load is unknown (no utilization or capacity yet).
 pub fn would_queue(e: &Estimate) -> bool {
-    e.load.is_some_and(|l| l + e.step > 1.0 + 1e-9)
+    e.load.is_some_and(|l| l + e.step > FULL)
 }
+
+/// A load with the request added above this has no free slot (1, with room
+/// for rounding in capacity estimates).
+const FULL: f64 = 1.0 + 1e-9;
 
 /// Latencies closer than this fraction count as equal.
 pub const LATENCY_TOLERANCE: f64 = 0.2;
