@@ -68,7 +68,13 @@ fn on_discovery(store: &Store, result: Result<HttpResponse, CalloutError>) {
         log::warn!("{FILTER}: {dropped} endpoints over max_endpoints dropped");
     }
     let r = store.update_table(|cur| {
-        let next = table::reconcile(&cur.cloned().unwrap_or_default(), &specs);
+        let old = cur.cloned().unwrap_or_default();
+        let next = table::reconcile(&old, &specs);
+        if cur.is_some() && next.endpoints == old.endpoints {
+            // The same set as before: no write, so no worker fetches and
+            // decodes the table again.
+            return Update::Keep(old);
+        }
         Update::Write(next.clone(), next)
     });
     let t = match r {

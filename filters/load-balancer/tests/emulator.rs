@@ -314,6 +314,46 @@ fn discovery_by_the_leader_and_garbage_keeps_the_last_set() {
 }
 
 #[test]
+fn an_unchanged_discovery_answer_writes_nothing() {
+    let host = Host::new(INIT)
+        .plugin_config(
+            r#"{"discovery":{"cluster":"disc","path":"/eps","interval_ms":1000},
+                "weighted_round_robin":{"weight_update_period_ms":1000}}"#,
+        )
+        .clusters(["disc"])
+        .build();
+    let w = host.start_worker();
+    let answer = |body: String| {
+        host.advance(Duration::from_millis(1100));
+        w.tick();
+        let call = host.expect_http_call("disc");
+        w.respond_http_call(call.token, CallOutcome::status(200, body));
+    };
+    let set = |names: &[(&str, &str)]| {
+        let eps: Vec<String> = names
+            .iter()
+            .map(|(a, n)| format!(r#"{{"address":"{a}","name":"{n}"}}"#))
+            .collect();
+        format!(r#"{{"endpoints":[{}]}}"#, eps.join(","))
+    };
+    answer(set(&[(A, "a"), (B, "b")]));
+    let key = host.shared_keys_ending("/table");
+    assert_eq!(key.len(), 1, "{key:?}");
+    let cas = || host.shared_data(&key[0]).map(|(_, c)| c);
+    let written = cas();
+    // The same set again: the table stays as it is.
+    answer(set(&[(A, "a"), (B, "b")]));
+    assert_eq!(cas(), written);
+    assert_eq!(metric(&host, "discovery_ok"), 2);
+    // A changed set is written.
+    answer(set(&[(A, "a")]));
+    assert_ne!(cas(), written);
+    let (s, pick) = request(&w, &[]);
+    assert_eq!(first(&pick), A);
+    s.finish();
+}
+
+#[test]
 fn malformed_reports_are_counted_by_reason() {
     let host = Host::new(INIT)
         .plugin_config(format!(r#"{{"endpoints":[{{"address":"{A}"}}]}}"#))
