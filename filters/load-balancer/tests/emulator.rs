@@ -264,15 +264,20 @@ fn retry_to_a_later_host_counts_as_failure_of_the_earlier_ones() {
     }
 }
 
-#[test]
-fn discovery_by_the_leader_and_garbage_keeps_the_last_set() {
-    let host = Host::new(INIT)
+/// Endpoints from discovery on cluster `disc` every second.
+fn discovery_host() -> Host {
+    Host::new(INIT)
         .plugin_config(
             r#"{"discovery":{"cluster":"disc","path":"/eps","interval_ms":1000},
                 "weighted_round_robin":{"weight_update_period_ms":1000}}"#,
         )
         .clusters(["disc"])
-        .build();
+        .build()
+}
+
+#[test]
+fn discovery_by_the_leader_and_garbage_keeps_the_last_set() {
+    let host = discovery_host();
     let w1 = host.start_worker();
     let w2 = host.start_worker();
     // Nothing known yet: no pick, the header stays absent (fallback routing).
@@ -315,13 +320,7 @@ fn discovery_by_the_leader_and_garbage_keeps_the_last_set() {
 
 #[test]
 fn an_unchanged_discovery_answer_writes_nothing() {
-    let host = Host::new(INIT)
-        .plugin_config(
-            r#"{"discovery":{"cluster":"disc","path":"/eps","interval_ms":1000},
-                "weighted_round_robin":{"weight_update_period_ms":1000}}"#,
-        )
-        .clusters(["disc"])
-        .build();
+    let host = discovery_host();
     let w = host.start_worker();
     let answer = |body: String| {
         host.advance(Duration::from_millis(1100));
