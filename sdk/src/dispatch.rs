@@ -5,9 +5,12 @@
 //! (proxy-wasm-cpp-host) skips a callback the module does not export, and
 //! each one it makes costs a crossing (see `shared/reference/hot-path.md`):
 //! `proxy_on_done`, the body callbacks, request trailers and gRPC metadata
-//! are not exported. A GET then costs 5 callbacks (context create, request
-//! headers, response headers, log, delete) instead of the 7 a module built
-//! with the `proxy-wasm` crate pays.
+//! are not exported, and response headers, response trailers and `on_log`
+//! only when a stage of the module takes part in that phase
+//! ([`crate::stage::StageSpec::phases`], exported by [`crate::module!`]). A
+//! GET then costs 3 to 5 callbacks (context create, request headers, the
+//! phases in use, delete) instead of the 7 a module built with the
+//! `proxy-wasm` crate pays.
 //!
 //! Natively (for the `switchyard-emulator`, which links every callback) the
 //! unexported ones exist as stubs that tell the emulator they would not be
@@ -18,6 +21,7 @@
 //! unknown context makes the callback a no-op.
 
 use crate::module::{Action, ModuleRoot, ModuleStream};
+use crate::stage::Phase;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -166,22 +170,63 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, eos
     with_stream(context_id, |s| s.on_request_headers(eos))
 }
 
-#[unsafe(no_mangle)]
+// The response-side callbacks are exported by `crate::module!` only for the
+// phases a module's stages take part in (`StageSpec::phases`); these are
+// their bodies. Natively every one is linked, and one the wasm build would
+// not export tells the emulator so.
+
+/// `proxy_on_response_headers` (exported by [`crate::module!`]).
+#[doc(hidden)]
+#[cfg_attr(not(target_arch = "wasm32"), unsafe(no_mangle))]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: bool) -> u32 {
+    if !exported(Phase::ResponseHeaders) {
+        return Action::Continue as u32;
+    }
     with_stream(context_id, ModuleStream::on_response_headers)
 }
 
-#[unsafe(no_mangle)]
+/// `proxy_on_response_trailers` (exported by [`crate::module!`]).
+#[doc(hidden)]
+#[cfg_attr(not(target_arch = "wasm32"), unsafe(no_mangle))]
 pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
+    if !exported(Phase::ResponseTrailers) {
+        return Action::Continue as u32;
+    }
     with_stream(context_id, ModuleStream::on_response_trailers)
 }
 
-#[unsafe(no_mangle)]
+/// `proxy_on_log` (exported by [`crate::module!`]).
+#[doc(hidden)]
+#[cfg_attr(not(target_arch = "wasm32"), unsafe(no_mangle))]
 pub extern "C" fn proxy_on_log(context_id: u32) {
+    if !exported(Phase::Log) {
+        return;
+    }
     with_stream(context_id, |s| {
         s.on_log();
         Action::Continue
     });
+}
+
+/// Whether the module exports `phase`'s callback. On wasm the export's
+/// presence decides (`crate::module!` checks it against the stages at
+/// compile time); natively the emulator links every callback, so the
+/// installed stages decide and the emulator hears of a callback Envoy
+/// would not make.
+fn exported(phase: Phase) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = phase;
+        true
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let exported = crate::module::installed_phases().contains(phase);
+        if !exported {
+            unexported::unexported();
+        }
+        exported
+    }
 }
 
 /// The context is gone: a stream ends here (its stages' `on_stream_end`
@@ -276,7 +321,7 @@ mod unexported {
         fn switchyard_emulator_unexported_callback();
     }
 
-    fn unexported() {
+    pub(super) fn unexported() {
         // SAFETY: a plain notification without arguments.
         unsafe { switchyard_emulator_unexported_callback() }
     }

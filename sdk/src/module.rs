@@ -61,6 +61,18 @@ thread_local! {
     static LAYOUT: std::cell::RefCell<Option<Rc<Layout>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// The phases the installed stages take part in (natively: which
+/// callbacks the wasm build of this module would export).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn installed_phases() -> crate::stage::Phases {
+    use crate::stage::Phases;
+    LAYOUT.with(|l| match l.borrow().as_deref() {
+        Some(Layout::Single(spec)) => spec.phases,
+        Some(Layout::Chain(specs)) => Phases::union(specs),
+        None => Phases::REQUEST,
+    })
+}
+
 fn install(layout: Layout) {
     LAYOUT.with(|l| *l.borrow_mut() = Some(Rc::new(layout)));
     #[cfg(not(target_arch = "wasm32"))]
@@ -85,16 +97,64 @@ mod emulator {
     }
 }
 
-/// Defines the module's `_initialize` for one stage or a chain:
-/// `switchyard_sdk::module!(single: my_filter::SPEC)` or
-/// `switchyard_sdk::module!(chain: &[a::SPEC, b::SPEC])`.
+/// Defines a module's entry point and its response-side callbacks, for one
+/// stage or a chain:
+///
+/// ```ignore
+/// switchyard_sdk::module!(single: my_filter::SPEC, callbacks: [response_headers]);
+/// switchyard_sdk::module!(chain: STAGES, callbacks: [response_headers, response_trailers, log]);
+/// ```
+///
+/// `callbacks` lists, of `response_headers`, `response_trailers` and `log`,
+/// exactly the phases the stages take part in ([`StageSpec::phases`]); the
+/// build fails otherwise. Envoy calls a module back only for what it exports,
+/// and each callback costs ~2 400 instructions per request even when no stage
+/// acts (`BENCHMARKS.md`). Context creation, request headers, deletion,
+/// ticks and callout answers are always exported.
 #[macro_export]
 macro_rules! module {
-    (single: $spec:expr) => {
+    (single: $spec:expr, callbacks: [$($cb:ident),* $(,)?]) => {
+        $crate::module!(@check &[$spec], [$($cb),*]);
         $crate::module!(@init $crate::module::install_single($spec));
+        $($crate::module!(@export $cb);)*
     };
-    (chain: $specs:expr) => {
+    (chain: $specs:expr, callbacks: [$($cb:ident),* $(,)?]) => {
+        $crate::module!(@check $specs, [$($cb),*]);
         $crate::module!(@init $crate::module::install_chain($specs));
+        $($crate::module!(@export $cb);)*
+    };
+    (@check $specs:expr, [$($cb:ident),*]) => {
+        const _: () = assert!(
+            $crate::stage::Phases::union($specs).same_after_request(
+                $crate::stage::Phases::of(&[$($crate::module!(@phase $cb)),*])
+            ),
+            "module!: `callbacks` must list exactly the response-side phases \
+             (response_headers, response_trailers, log) in the stages' `StageSpec::phases`"
+        );
+    };
+    (@phase response_headers) => { $crate::stage::Phase::ResponseHeaders };
+    (@phase response_trailers) => { $crate::stage::Phase::ResponseTrailers };
+    (@phase log) => { $crate::stage::Phase::Log };
+    (@export response_headers) => {
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn proxy_on_response_headers(context: u32, headers: usize, eos: bool) -> u32 {
+            $crate::dispatch::proxy_on_response_headers(context, headers, eos)
+        }
+    };
+    (@export response_trailers) => {
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn proxy_on_response_trailers(context: u32, trailers: usize) -> u32 {
+            $crate::dispatch::proxy_on_response_trailers(context, trailers)
+        }
+    };
+    (@export log) => {
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn proxy_on_log(context: u32) {
+            $crate::dispatch::proxy_on_log(context)
+        }
     };
     (@init $install:expr) => {
         #[cfg(target_os = "wasi")]

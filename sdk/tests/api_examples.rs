@@ -6,12 +6,13 @@ use switchyard_emulator::{CallOutcome, Host};
 use switchyard_sdk::callout::HttpRequest;
 use switchyard_sdk::config::{ConfigError, Source};
 use switchyard_sdk::shared::{SharedValue, Update};
-use switchyard_sdk::stage::{Exchange, Flow, Phase, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, Setup, Stage, StageSpec};
 
 const SPEC: StageSpec = StageSpec {
     name: "example",
     filter: "example",
     build,
+    phases: Phases::REQUEST,
 };
 
 fn build(_: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {

@@ -11,7 +11,7 @@ use switchyard_sdk::config::{ConfigError, Validate, ensure};
 use switchyard_sdk::job::Job;
 use switchyard_sdk::lease::Lease;
 use switchyard_sdk::shared::{SharedValue, Update, UpdateError};
-use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phases, RootServices, Setup, Stage, StageSpec};
 use switchyard_sdk::{host, vm};
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +40,7 @@ const SPEC: StageSpec = StageSpec {
     name: "sdk_test",
     filter: "sdk-test",
     build,
+    phases: Phases::REQUEST,
 };
 
 fn build(

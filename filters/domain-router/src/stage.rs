@@ -20,13 +20,14 @@ use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host;
 use switchyard_sdk::job::Job;
 use switchyard_sdk::shared::SharedValue;
-use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phases, RootServices, Setup, Stage, StageSpec};
 
 /// How modules build this stage (`domain_router` in a chain).
 pub const SPEC: StageSpec = StageSpec {
     name: "domain_router",
     filter: FILTER,
     build,
+    phases: Phases::REQUEST,
 };
 
 fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {

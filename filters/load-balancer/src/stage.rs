@@ -16,7 +16,7 @@ use switchyard_sdk::config::Source;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host;
 use switchyard_sdk::job::Job;
-use switchyard_sdk::stage::{Exchange, Flow, RootServices, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, RootServices, Setup, Stage, StageSpec};
 
 use crate::config::{Config, Mode, ORIGINAL_DST_HEADER, Policy};
 use crate::jobs;
@@ -33,6 +33,11 @@ pub const SPEC: StageSpec = StageSpec {
     name: "load_balancer",
     filter: FILTER,
     build,
+    phases: Phases::of(&[
+        Phase::RequestHeaders,
+        Phase::ResponseHeaders,
+        Phase::ResponseTrailers,
+    ]),
 };
 
 fn build(raw: Source<'_>, setup: &Setup) -> Result<Box<dyn Stage>, ConfigError> {

@@ -19,13 +19,14 @@ use switchyard_sdk::callout::CalloutError;
 use switchyard_sdk::config::ConfigError;
 use switchyard_sdk::config::Source;
 use switchyard_sdk::shared::SharedValue;
-use switchyard_sdk::stage::{Exchange, Flow, Phase, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, Setup, Stage, StageSpec};
 
 /// How modules build this stage (`rate_limit` in a chain).
 pub const SPEC: StageSpec = StageSpec {
     name: "rate_limit",
     filter: crate::NAME,
     build,
+    phases: Phases::of(&[Phase::RequestHeaders, Phase::ResponseHeaders]),
 };
 
 fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {

@@ -16,7 +16,7 @@ use std::cell::Cell;
 use switchyard_sdk::config::{self, ConfigError, Validate, ensure};
 use switchyard_sdk::metrics::{self, Counter};
 use switchyard_sdk::shared::{SharedValue, Update};
-use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, Setup, Stage, StageSpec};
 
 /// Shared-data key of the process-wide request count.
 pub const COUNT_KEY: &str = "switchyard/fixture/requests";
@@ -43,9 +43,10 @@ pub const SPEC: StageSpec = StageSpec {
     name: "fixture",
     filter: "fixture",
     build,
+    phases: Phases::of(&[Phase::RequestHeaders, Phase::ResponseHeaders]),
 };
 
-switchyard_sdk::module!(single: SPEC);
+switchyard_sdk::module!(single: SPEC, callbacks: [response_headers]);
 
 fn build(raw: config::Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config: FixtureConfig = config::parse(raw)?;

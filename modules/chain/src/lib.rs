@@ -26,7 +26,10 @@ pub const STAGES: &[StageSpec] = &[
     switchyard_access_log::SPEC,
 ];
 
-switchyard_sdk::module!(chain: STAGES);
+switchyard_sdk::module!(
+    chain: STAGES,
+    callbacks: [response_headers, response_trailers, log]
+);
 
 /// Installs the chain as the VM's module (the emulator's entry point).
 pub extern "C" fn init() {

@@ -8,7 +8,7 @@ pub mod logic;
 
 use switchyard_sdk::config::{ConfigError, Source};
 use switchyard_sdk::metrics::{self, Counter};
-use switchyard_sdk::stage::{Exchange, Flow, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, Setup, Stage, StageSpec};
 
 #[cfg(test)]
 use switchyard_emulator as _;
@@ -18,10 +18,11 @@ pub const SPEC: StageSpec = StageSpec {
     name: "__NAME_SNAKE__",
     filter: "__NAME__",
     build,
+    phases: Phases::of(&[Phase::ResponseHeaders]),
 };
 
 // This crate is its own module (build/wasm/switchyard___NAME_SNAKE__.wasm).
-switchyard_sdk::module!(single: SPEC);
+switchyard_sdk::module!(single: SPEC, callbacks: [response_headers]);
 
 fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     Ok(Box::new(Filter {
