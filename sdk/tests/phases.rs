@@ -109,13 +109,10 @@ fn a_stage_listing_every_phase_gets_every_callback() {
 
 #[test]
 fn a_chain_gets_the_union_of_its_stages_phases() {
-    assert_eq!(
-        Phases::union(&[REQUEST_ONLY, ALL]),
-        Phases::union(&[ALL])
-    );
+    assert_eq!(Phases::union(&[REQUEST_ONLY, ALL]), Phases::union(&[ALL]));
     assert!(!Phases::union(&[REQUEST_ONLY]).contains(Phase::Log));
-    assert!(Phases::of(&[Phase::Log]).same_after_request(Phases::of(&[
-        Phase::RequestHeaders,
-        Phase::Log
-    ])));
+    assert!(
+        Phases::of(&[Phase::Log])
+            .same_after_request(Phases::of(&[Phase::RequestHeaders, Phase::Log]))
+    );
 }

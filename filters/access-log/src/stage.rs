@@ -13,7 +13,9 @@ use switchyard_sdk::config::ConfigError;
 use switchyard_sdk::headers::HeaderMap;
 use switchyard_sdk::host::{self, LogLevel};
 
-use switchyard_sdk::stage::{Decisions, Exchange, Phase, Phases, RootServices, Setup, Stage, StageSpec};
+use switchyard_sdk::stage::{
+    Decisions, Exchange, Phase, Phases, RootServices, Setup, Stage, StageSpec,
+};
 
 /// How modules build this stage (`access_log` in a chain).
 pub const SPEC: StageSpec = StageSpec {

@@ -100,7 +100,7 @@ impl Picker {
         table: &Table,
         config: &Config,
         now_ns: u64,
-        phase: f64,
+        seed: u64,
         previous: Option<Picker>,
         observed: &Observed,
     ) -> Picker {
@@ -165,7 +165,7 @@ impl Picker {
                     .iter()
                     .find(|(p, _)| *p == priority)
                     .map(|(_, e)| e);
-                let edf = Edf::carrying(edf_weights, phase, prev_edf);
+                let edf = Edf::carrying(edf_weights, seed, prev_edf);
                 let maglev = if config.policy == Policy::ConsistentHash {
                     let key: Vec<(String, u32)> = members
                         .iter()
@@ -203,7 +203,7 @@ impl Picker {
                 .zip(&priorities)
                 .enumerate()
                 .map(|(i, (l, p))| (i, u64::from(*p), f64::from(*l))),
-            phase,
+            seed,
             old_level_edf.as_ref(),
         );
         Picker {
@@ -476,7 +476,7 @@ mod tests {
     fn dynamic_weights_win_over_configured() {
         let mut t = table(&[("a:1", 0, 5), ("b:1", 0, 1), ("c:1", 0, 1)]);
         let c = config("");
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         assert_eq!(
             count(&mut p, 700, 3),
             vec![500, 100, 100],
@@ -485,14 +485,14 @@ mod tests {
         for (e, w) in t.endpoints.iter_mut().zip([125.0, 250.0, 500.0]) {
             e.dyn_weight = w;
         }
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
         // Plain round robin ignores report weights.
         let mut p = Picker::build(
             &t,
             &config(r#","policy":"round_robin""#),
             0,
-            0.0,
+            0,
             None,
             &Observed::default(),
         );
@@ -514,16 +514,16 @@ mod tests {
             seen.record(t.endpoints[2].slot, i % 3 != 0, i);
         }
         let c = config("");
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         let before = count(&mut p, 1200, 3);
         assert!(before[2] > 900, "unobserved, the report wins: {before:?}");
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &seen);
+        let mut p = Picker::build(&t, &c, 0, 0, None, &seen);
         let after = count(&mut p, 1400, 3);
         // Its weight: the typical 200 × its relative success 1/3.
         assert_eq!(after, vec![600, 600, 200]);
         // P2C: its reported 0.0001 no longer beats the others' 0.5.
         let c = config(r#","policy":"p2c""#);
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &seen);
+        let mut p = Picker::build(&t, &c, 0, 0, None, &seen);
         let utilization = Fixed(|i: usize| (if i == 2 { 0.0001 } else { 0.5 }, 0, NONE));
         let mut rng = Rng::new(3);
         let mut got = [0; 3];
@@ -542,17 +542,17 @@ mod tests {
         let c = config("");
         t.endpoints[0].ejected_until_ns = 100;
         // 1 of 2 healthy × 1.4 = 70% stays on level 0.
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         assert_eq!(count(&mut p, 1000, 3), vec![0, 700, 300]);
         t.endpoints[1].draining = true;
         t.endpoints[2].ejected_until_ns = 100;
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         assert!(p.panic);
         let got = count(&mut p, 100, 3);
         assert_eq!(got[1], 0, "draining never picked, even in panic: {got:?}");
         assert_eq!(got[0] + got[2], 100);
         // After the ejections end, back to normal.
-        let mut p = Picker::build(&t, &c, 200, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 200, 0, None, &Observed::default());
         assert!(!p.panic);
         assert_eq!(count(&mut p, 100, 3), vec![100, 0, 0]);
     }
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn retries_are_distinct_and_prefer_the_same_level() {
         let t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 1, 1), ("d:1", 0, 1)]);
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &config(""), 0, 0, None, &Observed::default());
         let mut rng = Rng::new(3);
         for _ in 0..20 {
             let pick = p.pick(None, &mut rng, &no_inputs, true).unwrap();
@@ -570,7 +570,7 @@ mod tests {
             assert!(pick.retries.iter().all(|&r| r != 2), "{pick:?}");
         }
         let t = table(&[("a:1", 0, 1)]);
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &config(""), 0, 0, None, &Observed::default());
         assert!(
             p.pick(None, &mut rng, &no_inputs, true)
                 .unwrap()
@@ -584,7 +584,7 @@ mod tests {
         let c = config(r#","policy":"consistent_hash","hash":{"header":"x-user"}"#);
         let addrs = ["a:1", "b:1", "c:1", "d:1"];
         let t = table(&addrs.map(|a| (a, 0u8, 1u32)));
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         let mut rng = Rng::new(9);
         let before: Vec<String> = (0..4000u32)
             .map(|k| {
@@ -600,7 +600,7 @@ mod tests {
         let mut t2 = t.clone();
         t2.endpoints[1].draining = true;
         t2.version += 1;
-        let mut p2 = Picker::build(&t2, &c, 0, 0.0, Some(p), &Observed::default());
+        let mut p2 = Picker::build(&t2, &c, 0, 0, Some(p), &Observed::default());
         let mut moved = 0;
         for (k, old) in before.iter().enumerate() {
             let h = fnv1a64(format!("user-{k}").as_bytes());
@@ -620,7 +620,7 @@ mod tests {
             &t,
             &config(r#","policy":"p2c""#),
             0,
-            0.0,
+            0,
             None,
             &Observed::default(),
         );
@@ -644,7 +644,7 @@ mod tests {
             &t,
             &config(r#","policy":"prequal","prequal":{"choices":3}"#),
             0,
-            0.0,
+            0,
             None,
             &Observed::default(),
         );
@@ -667,7 +667,7 @@ mod tests {
         }
         let c = config("");
         assert_eq!(c.policy, Policy::Auto);
-        let mut p = Picker::build(&t, &c, 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &c, 0, 0, None, &Observed::default());
         // No in-flight counts: the A58 weights decide.
         assert_eq!(count(&mut p, 700, 3), vec![100, 200, 400]);
         // Counts with room everywhere (4 + 1 of 8 slots, 8 + 1 of 16, ...):
@@ -719,7 +719,7 @@ mod tests {
             &t,
             &config(r#","policy":"random""#),
             0,
-            0.0,
+            0,
             None,
             &Observed::default(),
         );
@@ -731,13 +731,13 @@ mod tests {
     fn nothing_to_pick() {
         let mut t = table(&[("a:1", 0, 1)]);
         t.endpoints[0].draining = true;
-        let mut p = Picker::build(&t, &config(""), 0, 0.0, None, &Observed::default());
+        let mut p = Picker::build(&t, &config(""), 0, 0, None, &Observed::default());
         assert_eq!(p.pick(None, &mut Rng::new(1), &no_inputs, true), None);
         let mut p = Picker::build(
             &Table::default(),
             &config(""),
             0,
-            0.0,
+            0,
             None,
             &Observed::default(),
         );

@@ -66,8 +66,9 @@ struct Picking {
     synced: Option<u64>,
     picker: Option<Picker>,
     rng: Rng,
-    /// EDF phase of this VM, so workers do not pick in lockstep.
-    phase: f64,
+    /// This VM's random id: seeds where its EDF entries start, so workers
+    /// and proxies do not pick in lockstep.
+    edf_seed: u64,
     /// Requests this VM has in flight per endpoint slot (P2C, Prequal),
     /// and Prequal's estimates.
     live: Live,
@@ -133,8 +134,7 @@ impl LoadBalancer {
                 synced: None,
                 picker: None,
                 rng: Rng::new(me ^ host::now_nanos()),
-                // Golden-ratio spacing of VM phases.
-                phase: (me as f64 * 0.618_033_988_75).fract(),
+                edf_seed: me,
                 live: Live::new(slots, c.prequal.max_age_ms.saturating_mul(1_000_000)),
                 tick_ns: 0,
                 observed: Observed::new(if c.passive_health.enabled {
@@ -256,7 +256,7 @@ impl LoadBalancer {
                 t,
                 config,
                 ex.now_nanos(),
-                p.phase,
+                p.edf_seed,
                 previous,
                 &p.observed,
             ));

@@ -159,32 +159,35 @@ impl Ord for Slot {
     }
 }
 
+/// Where a new entry's first turn falls, as a fraction of its step:
+/// uniform in [0, 1) per (VM seed, entry key). Each VM (and proxy) starts
+/// every entry at its own point, so VMs built from the same table do not
+/// pick in lockstep, which paced or synchronised clients turn into bursts of
+/// one request per proxy at the same endpoint at once. Envoy starts its EDF
+/// schedulers after a random number of picks for the same reason; one
+/// phase for all entries (used before, and 0 in every VM with a random id)
+/// only rescales the same order.
+fn start_fraction(seed: u64, key: u64) -> f64 {
+    (crate::maglev::mix(seed ^ crate::maglev::mix(key)) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 impl Edf {
     /// `items`: (item, weight); the item doubles as its key. Non-positive or
-    /// non-finite weights are left out. `phase` in [0, 1) staggers the first
-    /// deadlines so VMs built from the same table do not pick in lockstep.
-    pub fn new(items: impl IntoIterator<Item = (usize, f64)>, phase: f64) -> Self {
-        Edf::carrying(
-            items.into_iter().map(|(i, w)| (i, i as u64, w)),
-            phase,
-            None,
-        )
+    /// non-finite weights are left out. `seed` (the VM's random id) places
+    /// each entry's first turn ([`start_fraction`]).
+    pub fn new(items: impl IntoIterator<Item = (usize, f64)>, seed: u64) -> Self {
+        Edf::carrying(items.into_iter().map(|(i, w)| (i, i as u64, w)), seed, None)
     }
 
     /// `items`: (item, key, weight). Entries whose key was in `previous`
     /// keep the fraction of their wait already served; new ones start at
-    /// `phase` of a step.
+    /// [`start_fraction`]`(seed, key)` of a step.
     pub fn carrying(
         items: impl IntoIterator<Item = (usize, u64, f64)>,
-        phase: f64,
+        seed: u64,
         previous: Option<&Edf>,
     ) -> Self {
         let mut edf = Edf::default();
-        let phase = if phase.is_finite() {
-            phase.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
         for (item, key, w) in items {
             if !(w > 0.0 && w.is_finite()) {
                 continue;
@@ -193,7 +196,7 @@ impl Edf {
             let left = previous
                 .and_then(|p| p.heap.iter().find(|s| s.key == key).map(|s| (p, s)))
                 .map(|(p, s)| ((s.deadline - p.now) / s.step).clamp(0.0, 1.0))
-                .unwrap_or(phase);
+                .unwrap_or_else(|| start_fraction(seed, key));
             edf.push(item, key, step * left, step);
         }
         edf
@@ -323,10 +326,10 @@ mod tests {
 
     #[test]
     fn edf_follows_weights_exactly_and_smoothly() {
-        let mut edf = Edf::new([(0, 125.0), (1, 250.0), (2, 500.0)], 0.0);
+        let mut edf = Edf::new([(0, 125.0), (1, 250.0), (2, 500.0)], 0);
         assert_eq!(shares(&mut edf, 3, 700), vec![100, 200, 400]);
         // Smooth: the heaviest never waits more than 2 picks in a row.
-        let mut edf = Edf::new([(0, 1.0), (1, 2.0), (2, 4.0)], 0.5);
+        let mut edf = Edf::new([(0, 1.0), (1, 2.0), (2, 4.0)], 5);
         let seq: Vec<usize> = (0..70).map(|_| edf.pick().unwrap()).collect();
         let max_gap = seq
             .split(|&i| i == 2)
@@ -341,11 +344,11 @@ mod tests {
         // One pick per rebuild: without carried progress the heaviest entry
         // would win every time.
         let items = [(0, 10, 1.0), (1, 11, 2.0), (2, 12, 4.0)];
-        let mut edf = Edf::carrying(items, 0.5, None);
+        let mut edf = Edf::carrying(items, 5, None);
         let mut c = [0; 3];
         for _ in 0..700 {
             c[edf.pick().unwrap()] += 1;
-            edf = Edf::carrying(items, 0.5, Some(&edf));
+            edf = Edf::carrying(items, 5, Some(&edf));
         }
         assert_eq!(c, [100, 200, 400]);
         // Keys, not positions, carry: a reordered table keeps the shares.
@@ -353,18 +356,49 @@ mod tests {
         let mut c = [0u32; 3];
         for _ in 0..700 {
             c[edf.pick().unwrap()] += 1;
-            edf = Edf::carrying(swapped, 0.5, Some(&edf));
+            edf = Edf::carrying(swapped, 5, Some(&edf));
         }
         let want: [u32; 3] = [400, 200, 100];
         assert!(c.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 1), "{c:?}");
     }
 
     #[test]
+    fn vms_with_different_phases_interleave_their_picks() {
+        // Three proxies with the same weights, their k-th requests at the
+        // same moment (paced clients): in lockstep every backend gets its
+        // requests three at a time.
+        let weights = [(0, 1.0), (1, 2.0), (2, 4.0)];
+        let same_pick_share = |seeds: [u64; 3]| {
+            let mut edfs: Vec<Edf> = seeds.iter().map(|&s| Edf::new(weights, s)).collect();
+            let rounds = 700;
+            let same = (0..rounds)
+                .filter(|_| {
+                    let picks: Vec<usize> = edfs.iter_mut().filter_map(Edf::pick).collect();
+                    picks.windows(2).all(|w| w[0] == w[1])
+                })
+                .count();
+            same as f64 / rounds as f64
+        };
+        assert_eq!(same_pick_share([42; 3]), 1.0);
+        // Seeds as `instance_id` makes them: random 64-bit ids. Independent
+        // random picks would agree (1³ + 2³ + 4³) / 7³ = 21 % of the time;
+        // so do these on average (a given triple may agree more or less: a
+        // smooth order of 3 entries has few shapes).
+        let mut rng = crate::picker::Rng::new(7);
+        let triples = 200;
+        let mean = (0..triples)
+            .map(|_| same_pick_share([rng.next_u64(), rng.next_u64(), rng.next_u64()]))
+            .sum::<f64>()
+            / f64::from(triples);
+        assert!(mean < 0.3, "{mean}");
+    }
+
+    #[test]
     fn edf_skips_bad_weights() {
-        let mut edf = Edf::new([(0, 0.0), (1, f64::NAN), (2, -1.0)], 0.0);
+        let mut edf = Edf::new([(0, 0.0), (1, f64::NAN), (2, -1.0)], 0);
         assert!(edf.is_empty());
         assert_eq!(edf.pick(), None);
-        let mut edf = Edf::new([(4, 1.0), (5, 0.0)], 0.3);
+        let mut edf = Edf::new([(4, 1.0), (5, 0.0)], 3);
         assert_eq!(edf.pick(), Some(4));
     }
 }

@@ -195,12 +195,13 @@ fn consecutive_failures_on_two_workers_eject() {
     assert!(picks.iter().any(|p| p == B), "{picks:?}");
 }
 
+// The two tests below list A alone: every pick is A, so every answer is
+// A's own (an answer from A to a pick of B would count against B, the
+// earlier host; VMs start their weighted order at random points).
 #[test]
 fn a_success_in_between_resets_the_count() {
     let host = Host::new(INIT)
-        .plugin_config(format!(
-            r#"{{"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}}]}}"#
-        ))
+        .plugin_config(format!(r#"{{"endpoints":[{{"address":"{A}"}}]}}"#))
         .build();
     let w = host.start_worker();
     for status in ["503", "503", "200", "503", "503"] {
@@ -219,7 +220,7 @@ fn a_success_in_between_resets_the_count() {
 fn a_success_on_another_worker_resets_the_count() {
     let host = Host::new(INIT)
         .plugin_config(format!(
-            r#"{{"endpoints":[{{"address":"{A}"}},{{"address":"{B}"}}],
+            r#"{{"endpoints":[{{"address":"{A}"}}],
                 "passive_health":{{"consecutive_failures":3}}}}"#
         ))
         .build();
