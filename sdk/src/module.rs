@@ -17,7 +17,7 @@ use crate::callout::Callouts;
 use crate::config::{ConfigError, Source};
 use crate::host::{self, BufferType, MapType};
 use crate::stage::{
-    DECISION_HEADERS, Exchange, Flow, Phase, RootServices, Setup, Stage, StageSpec,
+    DECISION_HEADERS, Exchange, Flow, Phase, Phases, RootServices, Setup, Stage, StageSpec,
 };
 use std::rc::Rc;
 use std::time::Duration;
@@ -44,6 +44,17 @@ enum Layout {
     Chain(&'static [StageSpec]),
 }
 
+impl Layout {
+    /// The phases whose callbacks the module exports (`module!` checks its
+    /// `callbacks` against this at compile time).
+    fn phases(&self) -> Phases {
+        match self {
+            Layout::Single(spec) => spec.phases,
+            Layout::Chain(specs) => Phases::union(specs),
+        }
+    }
+}
+
 /// Installs the root of a module that runs `spec` alone. Call it from the
 /// module's `_initialize` (see [`crate::module!`]).
 pub fn install_single(spec: StageSpec) {
@@ -64,12 +75,11 @@ thread_local! {
 /// The phases the installed stages take part in (natively: which
 /// callbacks the wasm build of this module would export).
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn installed_phases() -> crate::stage::Phases {
-    use crate::stage::Phases;
-    LAYOUT.with(|l| match l.borrow().as_deref() {
-        Some(Layout::Single(spec)) => spec.phases,
-        Some(Layout::Chain(specs)) => Phases::union(specs),
-        None => Phases::REQUEST,
+pub(crate) fn installed_phases() -> Phases {
+    LAYOUT.with(|l| {
+        l.borrow()
+            .as_deref()
+            .map_or(Phases::REQUEST, Layout::phases)
     })
 }
 
@@ -370,10 +380,14 @@ impl ModuleRoot {
     /// A new stream; inert (passes everything through) without a valid
     /// configuration.
     pub(crate) fn new_stream(&self) -> ModuleStream {
+        let phases = self
+            .layout
+            .as_deref()
+            .map_or(Phases::REQUEST, Layout::phases);
         ModuleStream {
             exchange: match &self.pipeline {
-                Some(p) => Exchange::new(p.stages.len()),
-                None => Exchange::new(0),
+                Some(p) => Exchange::new(p.stages.len(), phases),
+                None => Exchange::new(0, phases),
             },
             pipeline: self.pipeline.clone(),
         }

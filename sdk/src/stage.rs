@@ -174,7 +174,8 @@ pub struct RootServices {
 }
 
 /// One filter's logic. Every method has a default that does nothing, so a
-/// stage implements only the phases it needs.
+/// stage implements only the phases it needs, and lists them in its
+/// [`StageSpec::phases`]: the module has Envoy call it back only for those.
 pub trait Stage {
     /// Request headers arrived (`on_http_request_headers`).
     fn on_request_headers(&self, _ex: &mut Exchange) -> Flow {
@@ -255,10 +256,13 @@ pub struct Exchange {
     /// Whether a local reply has been sent for this stream.
     replied: bool,
     pending: Vec<(u32, usize, Phase, Pending)>,
+    /// The phases the module's callbacks cover ([`StageSpec::phases`] of
+    /// its stages): an edit of a map whose phase never runs is dropped.
+    exported: Phases,
 }
 
 impl Exchange {
-    pub(crate) fn new(stages: usize) -> Self {
+    pub(crate) fn new(stages: usize, exported: Phases) -> Self {
         Exchange {
             request: MapView::default(),
             response: MapView::default(),
@@ -274,6 +278,7 @@ impl Exchange {
             reply: None,
             replied: false,
             pending: Vec::new(),
+            exported,
         }
     }
 
@@ -295,6 +300,23 @@ impl Exchange {
     }
 
     fn edit(&mut self, kind: MapType, edit: Edit) {
+        let phase = match kind {
+            MapType::HttpResponseHeaders => Phase::ResponseHeaders,
+            MapType::HttpResponseTrailers => Phase::ResponseTrailers,
+            _ => Phase::RequestHeaders,
+        };
+        // Edits are applied at the end of their map's phase; without its
+        // callback that never comes (a stage that edits the response from
+        // the request phase must list the response phase).
+        if phase != Phase::RequestHeaders && !self.exported.contains(phase) {
+            crate::logging::warn_throttled("edit-without-phase", || {
+                format!(
+                    "{edit:?} dropped: no stage of this module lists {phase:?} in \
+                     StageSpec::phases, so Envoy never calls that phase"
+                )
+            });
+            return;
+        }
         let view = self.view(kind);
         if let Some(map) = &mut view.map {
             match &edit {

@@ -12,6 +12,12 @@ use switchyard_sdk::stage::{Exchange, Flow, Phase, Phases, Setup, Stage, StageSp
 struct Marker;
 
 impl Stage for Marker {
+    fn on_request_headers(&self, ex: &mut Exchange) -> Flow {
+        // Applied at the end of the response phase, if that phase runs.
+        ex.set_response_header("x-queued-in-request", "1");
+        Flow::Continue
+    }
+
     fn on_response_headers(&self, ex: &mut Exchange) -> Flow {
         ex.set_response_header("x-response-phase", "ran");
         Flow::Continue
@@ -52,8 +58,17 @@ extern "C" fn init_all() {
 }
 
 /// A GET with a response and trailers; the callbacks counted, whether the
-/// response phase ran, whether the log phase ran.
-fn get(init: extern "C" fn()) -> (Vec<&'static str>, bool, bool) {
+/// response phase ran, whether the log phase ran, whether the response
+/// edit queued in the request phase was applied, the host's log.
+struct Get {
+    callbacks: Vec<&'static str>,
+    response_ran: bool,
+    log_ran: bool,
+    queued_edit_applied: bool,
+    logs: String,
+}
+
+fn get(init: extern "C" fn()) -> Get {
     let host = Host::new(init).build();
     let worker = host.start_worker();
     assert!(worker.configured(), "{:?}", host.logs());
@@ -71,30 +86,43 @@ fn get(init: extern "C" fn()) -> (Vec<&'static str>, bool, bool) {
             _ => None,
         })
         .collect();
-    let response_ran = s.response_header("x-response-phase").is_some();
-    let log_ran = s.property(&["log_phase"]).is_some();
-    (callbacks, response_ran, log_ran)
+    Get {
+        callbacks,
+        response_ran: s.response_header("x-response-phase").is_some(),
+        log_ran: s.property(&["log_phase"]).is_some(),
+        queued_edit_applied: s.response_header("x-queued-in-request").is_some(),
+        logs: format!("{:?}", host.logs()),
+    }
 }
 
 #[test]
 fn a_stage_listing_only_request_headers_gets_no_response_or_log_callback() {
-    let (callbacks, response_ran, log_ran) = get(init_request_only);
+    let g = get(init_request_only);
     assert_eq!(
-        callbacks,
+        g.callbacks,
         [
             "proxy_on_context_create",
             "proxy_on_request_headers",
             "proxy_on_delete"
         ]
     );
-    assert!(!response_ran && !log_ran);
+    assert!(!g.response_ran && !g.log_ran);
+    // The response edit it queued could never be applied: dropped, and
+    // said so in the log.
+    assert!(!g.queued_edit_applied);
+    assert!(
+        g.logs
+            .contains("dropped: no stage of this module lists ResponseHeaders"),
+        "{}",
+        g.logs
+    );
 }
 
 #[test]
 fn a_stage_listing_every_phase_gets_every_callback() {
-    let (callbacks, response_ran, log_ran) = get(init_all);
+    let g = get(init_all);
     assert_eq!(
-        callbacks,
+        g.callbacks,
         [
             "proxy_on_context_create",
             "proxy_on_request_headers",
@@ -104,7 +132,8 @@ fn a_stage_listing_every_phase_gets_every_callback() {
             "proxy_on_delete"
         ]
     );
-    assert!(response_ran && log_ran);
+    assert!(g.response_ran && g.log_ran && g.queued_edit_applied);
+    assert!(!g.logs.contains("dropped"), "{}", g.logs);
 }
 
 #[test]
