@@ -255,7 +255,10 @@ impl Picker {
                 // `auto`: A58's smooth order. While every member's latest
                 // report carried an in-flight count, a pick whose endpoint
                 // has no free slot, or no usable report with a utilization
-                // to tell, goes by Prequal's rule.
+                // to tell, goes by Prequal's rule; except that an endpoint
+                // without a usable report where this worker has nothing in
+                // flight keeps its turn: the request probes it (an old
+                // report of a full endpoint would veto it for good).
                 (Policy::Auto, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
@@ -265,7 +268,8 @@ impl Picker {
                     } else {
                         let k = l.members.iter().position(|&m| m == first)?;
                         let e = estimates.get(k)?;
-                        if e.load.is_some() && !prequal::would_queue(e) {
+                        let probe = !e.reported && e.rif < 1.0;
+                        if probe || (e.load.is_some() && !prequal::would_queue(e)) {
                             first
                         } else {
                             by_prequal(l, &estimates, self.prequal, rng)?
@@ -710,6 +714,29 @@ mod tests {
         }
         assert_eq!(got[2], 0, "{got:?}");
         assert!(got[1] > got[0], "{got:?}");
+        // c went unheard for `max_age` (no usable report) and this worker
+        // has nothing there, while a and b queue: c keeps its turns, each
+        // a probe. On the old rule it got none, so it never reported again.
+        let probe = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, util(100.0, 25.0)),
+            1 => (0.0, 0, util(200.0, 25.0)),
+            _ => (
+                0.0,
+                0,
+                Estimate {
+                    rif: 0.0,
+                    reported: false,
+                    load: None,
+                    step: 0.0,
+                    ..util(32.0, 1.0)
+                },
+            ),
+        });
+        let mut got = [0; 3];
+        for _ in 0..700 {
+            got[p.pick(None, &mut rng, &probe, false).unwrap().first] += 1;
+        }
+        assert!(got[2] >= 400, "{got:?}");
     }
 
     #[test]

@@ -31,11 +31,16 @@
 //! clock: the policy costs no crossing over weighted round robin.
 //!
 //! A report older than `max_age_ms` still counts while this worker has a
-//! request at the endpoint (its answer brings a fresh one). Without one,
-//! the endpoint is assumed typical (the level's median load and latency):
-//! one request probes it, and until that answers, the old report holds. So
-//! an endpoint that was hot is tried again, one request per worker at a
-//! time, not by every proxy at once.
+//! request at the endpoint (its answer brings a fresh one). Without a
+//! usable report and with nothing of this worker's there, the endpoint is
+//! probed: its load counts as 0, so the next pick that samples it sends
+//! one request, and until that answers, the old report holds (an endpoint
+//! that never reported counts as typical, the level's median). So an
+//! endpoint that was hot is tried again, one request per worker at a time,
+//! not by every proxy at once, and never left out for good: assumed
+//! typical, a stale endpoint next to two overloaded ones was as hot as the
+//! hotter of them, never picked, so never heard from again (the matrix's
+//! antagonist scenario, BENCHMARKS.md eleventh session).
 
 use crate::picker::Rng;
 
@@ -237,8 +242,10 @@ impl Live {
 /// probes of many replicas): latencies within `LATENCY_TOLERANCE` of each
 /// other count as equal, so noise does not send every proxy to the same
 /// endpoint and the lower load decides; an endpoint without a usable
-/// report or latency is assumed typical (the level's median), not idle,
-/// so every proxy does not rush to it at once; a utilization-based load
+/// report gets one probe from this worker (load 0 while it has nothing
+/// there) and is then assumed typical (the level's median), not idle,
+/// until the probe answers, so every proxy does not rush to it at once;
+/// one without a latency is assumed of typical latency; a utilization-based load
 /// of 1 or more is hot whatever the quantile; and when every sampled
 /// endpoint is hot, the least loaded of the whole level wins.
 pub fn choose(
@@ -277,8 +284,11 @@ pub fn choose(
         .iter()
         .enumerate()
         .map(|(k, e)| {
+            // Unreported, `own_load` is this worker's own count there:
+            // 0 sends the probe; with the probe out, typical.
             let mut l = own_load(e);
             if !e.reported
+                && l >= 1.0
                 && let Some(t) = typical_load
             {
                 l = l.max(t);
@@ -462,28 +472,49 @@ mod tests {
         assert_eq!(shares(&e, 2, 1.0), vec![3000, 0]);
     }
 
-    #[test]
-    fn an_endpoint_without_a_fresh_report_is_assumed_typical_not_idle() {
-        // c's report has aged out: this worker alone has nothing there.
-        let stale = Estimate {
-            rif: 0.0,
+    /// c's report has aged out; `probes` requests of this worker are there.
+    fn stale(probes: f64) -> Estimate {
+        Estimate {
+            rif: probes,
             reported: false,
             reports_in_flight: true,
             load: None,
             step: 0.0,
             latency_ns: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_endpoint_without_a_fresh_report_gets_a_probe_then_counts_as_typical() {
+        // Nothing of this worker's there: the next pick that samples it
+        // probes it.
         let e = [
             est(2.0, None, Some(10.0)),
             est(4.0, None, Some(10.0)),
-            stale,
+            stale(0.0),
         ];
-        let got = shares(&e, 3, 1.0);
-        // Assumed at the median (4) with the median latency: a loses nothing to it.
-        assert_eq!(got, vec![3000, 0, 0]);
+        assert_eq!(shares(&e, 3, 1.0), vec![0, 0, 3000]);
+        // The probe out: assumed at the median (4 + 1 with a request
+        // added) with the median latency; a loses nothing to it.
+        let e = [e[0], e[1], stale(1.0)];
+        assert_eq!(shares(&e, 3, 1.0), vec![3000, 0, 0]);
         // Still picked when sampled only with hotter ones.
         let got = shares(&e, 2, 1.0);
         assert!(got[2] > 0 && got[0] > got[2], "{got:?}");
+    }
+
+    #[test]
+    fn a_stale_endpoint_next_to_overloaded_ones_is_probed_not_left_out() {
+        // The antagonist scenario's trap: a and b queue (utilization 25),
+        // c went unheard for `max_age`. Assumed typical (the upper median,
+        // 25), c was as hot as the hottest, never picked, never heard from.
+        let e = [
+            est(100.0, Some(25.0), Some(500.0)),
+            est(200.0, Some(25.0), Some(500.0)),
+            stale(0.0),
+        ];
+        let got = shares(&e, 2, 0.8);
+        assert_eq!(got, vec![0, 0, 3000]);
     }
 
     #[test]
