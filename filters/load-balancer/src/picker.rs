@@ -257,8 +257,9 @@ impl Picker {
                 // has no free slot, or no usable report with a utilization
                 // to tell, goes by Prequal's rule; except that an endpoint
                 // without a usable report where this worker has nothing in
-                // flight keeps its turn: the request probes it (an old
-                // report of a full endpoint would veto it for good).
+                // flight keeps its turn, once per `max_age`: the request
+                // probes it (an old report of a full endpoint would veto it
+                // for good).
                 (Policy::Auto, _) => {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
@@ -268,8 +269,7 @@ impl Picker {
                     } else {
                         let k = l.members.iter().position(|&m| m == first)?;
                         let e = estimates.get(k)?;
-                        let probe = !e.reported && e.rif < 1.0;
-                        if probe || (e.load.is_some() && !prequal::would_queue(e)) {
+                        if e.probe || (e.load.is_some() && !prequal::would_queue(e)) {
                             first
                         } else {
                             by_prequal(l, &estimates, self.prequal, rng)?
@@ -439,6 +439,7 @@ mod tests {
         load: None,
         step: 0.0,
         latency_ns: None,
+        probe: false,
     };
 
     type Inputs = fn(usize) -> (f64, u32, Estimate);
@@ -452,6 +453,7 @@ mod tests {
             load: None,
             step: 0.0,
             latency_ns: Some(ms * 1e6),
+            probe: false,
         }
     }
 
@@ -728,6 +730,7 @@ mod tests {
                     reported: false,
                     load: None,
                     step: 0.0,
+                    probe: true,
                     ..util(32.0, 1.0)
                 },
             ),

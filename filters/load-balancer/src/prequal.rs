@@ -30,14 +30,15 @@
 //! Estimates age by the VM's tick clock (every 20 ms), so a pick reads no
 //! clock: the policy costs no crossing over weighted round robin.
 //!
-//! A report older than `max_age_ms` still counts while this worker has a
-//! request at the endpoint (its answer brings a fresh one). Without a
-//! usable report and with nothing of this worker's there, the endpoint is
-//! probed: its load counts as 0, so the next pick that samples it sends
-//! one request, and until that answers, the old report holds (an endpoint
-//! that never reported counts as typical, the level's median). So an
-//! endpoint that was hot is tried again, one request per worker at a time,
-//! not by every proxy at once, and never left out for good: assumed
+//! A report older than `max_age_ms` no longer counts. Without a usable
+//! report, with nothing of this worker's there and no probe of this
+//! worker's for `max_age_ms`, the endpoint is probed: its load counts as
+//! 0, so the next pick that samples it sends one request; otherwise
+//! (the probe out, or failed without a report) it counts as typical (the
+//! level's median). So an endpoint that was hot is tried again, one
+//! request per worker per `max_age_ms` (a dead one, whose probes fail at
+//! once without a report, too), not by every proxy at once, and never
+//! left out for good: assumed
 //! typical, a stale endpoint next to two overloaded ones was as hot as the
 //! hotter of them, never picked, so never heard from again (the matrix's
 //! antagonist scenario, BENCHMARKS.md eleventh session).
@@ -62,6 +63,9 @@ struct Slot {
     /// Average latency of successful answers, ns, and when the last came.
     latency_ns: f64,
     latency_at: u64,
+    /// When this worker last sent a request there without a usable report
+    /// (a probe): the next may go `max_age_ns` later.
+    probed_at: Option<u64>,
 }
 
 /// A report as this worker received it.
@@ -94,6 +98,11 @@ pub struct Estimate {
     pub step: f64,
     /// Latency estimate in ns; `None` when unknown or forgotten.
     pub latency_ns: Option<f64>,
+    /// Whether a request may probe the endpoint now: no usable report,
+    /// nothing of this worker's there, and no probe of this worker's for
+    /// `max_age` (one that failed without a report, e.g. a refused
+    /// connection, does not clear the way for the next at once).
+    pub probe: bool,
 }
 
 impl Estimate {
@@ -105,6 +114,7 @@ impl Estimate {
         load: None,
         step: 0.0,
         latency_ns: None,
+        probe: false,
     };
 }
 
@@ -125,9 +135,14 @@ impl Live {
         }
     }
 
-    /// A request was sent to `slot`.
-    pub fn start(&mut self, slot: u16) {
+    /// A request was sent to `slot` at `now_ns` (a probe when the slot
+    /// had no usable report).
+    pub fn start(&mut self, slot: u16, now_ns: u64) {
+        let max_age_ns = self.max_age_ns;
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+            if usable(s, now_ns, max_age_ns).is_none() {
+                s.probed_at = Some(now_ns);
+            }
             s.in_flight = s.in_flight.saturating_add(1);
         }
     }
@@ -199,12 +214,7 @@ impl Live {
             return Estimate::UNKNOWN;
         };
         let local = f64::from(s.in_flight);
-        let usable = s.report.filter(|r| {
-            // An old report holds while this worker's request there is
-            // out (its answer brings a new one).
-            s.in_flight > 0 || now_ns.saturating_sub(r.at_ns) <= self.max_age_ns
-        });
-        let (rif, reported, load) = match usable {
+        let (rif, reported, load) = match usable(s, now_ns, self.max_age_ns) {
             Some(r) => {
                 let moved = local - f64::from(r.local);
                 let rif = (r.rif + moved).max(local);
@@ -228,8 +238,21 @@ impl Live {
                 0.0
             },
             latency_ns,
+            probe: !reported
+                && s.in_flight == 0
+                && s.probed_at
+                    .is_none_or(|at| now_ns.saturating_sub(at) >= self.max_age_ns),
         }
     }
+}
+
+/// The slot's report if it still counts at `now_ns`: younger than
+/// `max_age_ns`. Not longer while requests are out: a dead endpoint's
+/// requests, failing at once without a report, kept its last (idle)
+/// report alive for as long as they kept coming, and drew the next ones.
+fn usable(s: &Slot, now_ns: u64, max_age_ns: u64) -> Option<Seen> {
+    s.report
+        .filter(|r| now_ns.saturating_sub(r.at_ns) <= max_age_ns)
 }
 
 /// The hot-cold rule over a level: `estimates[k]` belongs to member `k`,
@@ -242,9 +265,9 @@ impl Live {
 /// probes of many replicas): latencies within `LATENCY_TOLERANCE` of each
 /// other count as equal, so noise does not send every proxy to the same
 /// endpoint and the lower load decides; an endpoint without a usable
-/// report gets one probe from this worker (load 0 while it has nothing
-/// there) and is then assumed typical (the level's median), not idle,
-/// until the probe answers, so every proxy does not rush to it at once;
+/// report gets one probe from this worker per `max_age` (load 0 while it
+/// may, [`Estimate::probe`]) and is otherwise assumed typical (the level's
+/// median), not idle, so every proxy does not rush to it at once;
 /// one without a latency is assumed of typical latency; a utilization-based load
 /// of 1 or more is hot whatever the quantile; and when every sampled
 /// endpoint is hot, the least loaded of the whole level wins.
@@ -284,11 +307,11 @@ pub fn choose(
         .iter()
         .enumerate()
         .map(|(k, e)| {
-            // Unreported, `own_load` is this worker's own count there:
-            // 0 sends the probe; with the probe out, typical.
+            // Unreported: a probe counts as idle (this worker's own count
+            // there, 0); otherwise typical.
             let mut l = own_load(e);
             if !e.reported
-                && l >= 1.0
+                && !e.probe
                 && let Some(t) = typical_load
             {
                 l = l.max(t);
@@ -381,6 +404,7 @@ mod tests {
             // Capacity = rif / load, as `Live` estimates it.
             step: load.map_or(0.0, |l| if rif > 0.0 { l / rif } else { 0.0 }),
             latency_ns: latency_ms.map(|l| l * 1e6),
+            probe: false,
         }
     }
 
@@ -481,6 +505,7 @@ mod tests {
             load: None,
             step: 0.0,
             latency_ns: None,
+            probe: probes == 0.0,
         }
     }
 
@@ -498,9 +523,45 @@ mod tests {
         // added) with the median latency; a loses nothing to it.
         let e = [e[0], e[1], stale(1.0)];
         assert_eq!(shares(&e, 3, 1.0), vec![3000, 0, 0]);
+        // The probe ended without a report (a refused connection) less
+        // than `max_age` ago: typical again, no new probe yet.
+        let e = [
+            e[0],
+            e[1],
+            Estimate {
+                probe: false,
+                ..stale(0.0)
+            },
+        ];
+        assert_eq!(shares(&e, 3, 1.0), vec![3000, 0, 0]);
         // Still picked when sampled only with hotter ones.
         let got = shares(&e, 2, 1.0);
         assert!(got[2] > 0 && got[0] > got[2], "{got:?}");
+    }
+
+    #[test]
+    fn a_probe_that_ends_without_a_report_waits_max_age_for_the_next() {
+        let max_age = 1_000_000_000;
+        let mut live = Live::new(1, max_age);
+        assert!(live.estimate(0, 0).probe, "never heard from: probe");
+        live.start(0, 10);
+        assert!(!live.estimate(0, 20).probe, "the probe is out");
+        // Refused at once, no report: a dead endpoint is probed once per
+        // `max_age`, not at the rate requests arrive.
+        live.finish(0);
+        assert!(!live.estimate(0, 30).probe);
+        assert!(!live.estimate(0, 10 + max_age - 1).probe);
+        assert!(live.estimate(0, 10 + max_age).probe);
+        // A report makes it an endpoint like the others; aged out, and the
+        // last probe long past, it may be probed again.
+        live.report(0, Some(2.0), 0.5, 2 * max_age);
+        assert!(!live.estimate(0, 2 * max_age + 1).probe);
+        assert!(live.estimate(0, 3 * max_age + 1).probe);
+        // Sent to while its report was fresh: not a probe.
+        live.report(0, Some(2.0), 0.5, 4 * max_age);
+        live.start(0, 4 * max_age + 1);
+        live.finish(0);
+        assert!(live.estimate(0, 5 * max_age + 2).probe);
     }
 
     #[test]
@@ -559,31 +620,33 @@ mod tests {
     #[test]
     fn reported_in_flight_is_moved_by_what_this_worker_did_since() {
         let mut live = Live::new(4, 1_000_000_000);
-        live.start(1);
-        live.start(1);
+        live.start(1, 0);
+        live.start(1, 0);
         // The backend counts 10, our 2 included.
         live.report(1, Some(10.0), 0.5, 100);
         assert_eq!(live.estimate(1, 200).rif, 10.0);
-        live.start(1);
+        live.start(1, 0);
         live.finish(1);
         live.finish(1);
         assert_eq!(live.estimate(1, 200).rif, 9.0);
         // Capacity 10 / 0.5 = 20: one request less is 0.05 less.
         assert_eq!(live.estimate(1, 200).load, Some(0.45));
-        // An old report holds while this worker's request there is out ...
-        let old = live.estimate(1, 2_000_000_000);
-        assert!(old.reported && old.rif == 9.0, "{old:?}");
-        // ... and is not used once none is: the endpoint is unknown.
+        // Aged out: requests out do not keep it (a dead endpoint's failing
+        // requests would, for ever, and its idle report would draw more);
+        // this worker's own count is what is known.
+        let aged = live.estimate(1, 2_000_000_000);
+        assert!(!aged.reported && aged.rif == 1.0, "{aged:?}");
+        assert!(!aged.probe, "a request of this worker is out");
         live.finish(1);
-        let gone = live.estimate(1, 2_000_000_000);
+        let gone = live.estimate(1, 2_000_000_001);
         assert!(
             !gone.reported && gone.rif == 0.0 && gone.load.is_none(),
             "{gone:?}"
         );
         // Never below this worker's own count.
         live.report(1, Some(0.0), 0.0, 300);
-        live.start(1);
-        live.start(1);
+        live.start(1, 0);
+        live.start(1, 0);
         assert_eq!(live.estimate(1, 400).rif, 2.0);
     }
 

@@ -292,7 +292,7 @@ impl LoadBalancer {
         ex.decisions.endpoint = Some(first.address.clone());
         stats.pick(&first.name);
         let slot = first.slot;
-        p.live.start(slot);
+        p.live.start(slot, p.tick_ns);
         let r = ex.state::<Request>();
         r.in_flight = Some(slot);
         r.picks = std::iter::once(pick.first).chain(pick.retries).collect();
