@@ -44,14 +44,14 @@ enum Layout {
     Chain(&'static [StageSpec]),
 }
 
-impl Layout {
-    /// The phases whose callbacks the module exports (`module!` checks its
-    /// `callbacks` against this at compile time).
-    fn phases(&self) -> Phases {
-        match self {
-            Layout::Single(spec) => spec.phases,
-            Layout::Chain(specs) => Phases::union(specs),
-        }
+/// The phases whose callbacks a module with `layout` exports (`module!`
+/// checks its `callbacks` against this at compile time); only the request
+/// headers without stages.
+fn exported_phases(layout: Option<&Layout>) -> Phases {
+    match layout {
+        Some(Layout::Single(spec)) => spec.phases,
+        Some(Layout::Chain(specs)) => Phases::union(specs),
+        None => Phases::REQUEST,
     }
 }
 
@@ -76,11 +76,7 @@ thread_local! {
 /// callbacks the wasm build of this module would export).
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn installed_phases() -> Phases {
-    LAYOUT.with(|l| {
-        l.borrow()
-            .as_deref()
-            .map_or(Phases::REQUEST, Layout::phases)
-    })
+    LAYOUT.with(|l| exported_phases(l.borrow().as_deref()))
 }
 
 fn install(layout: Layout) {
@@ -189,6 +185,8 @@ macro_rules! module {
 /// The root context of one plugin: its configuration and stages.
 pub(crate) struct ModuleRoot {
     layout: Option<Rc<Layout>>,
+    /// [`exported_phases`] of `layout`, for every stream's [`Exchange`].
+    phases: Phases,
     pipeline: Option<Rc<Pipeline>>,
     /// Per stage: when its next `on_tick` is due (host clock, ns).
     next_tick_ns: Vec<u64>,
@@ -262,8 +260,10 @@ fn build_chain(specs: &[StageSpec], src: Source<'_>) -> Result<Stages, ConfigErr
 
 impl ModuleRoot {
     pub(crate) fn new() -> Self {
+        let layout = LAYOUT.with(|l| l.borrow().clone());
         ModuleRoot {
-            layout: LAYOUT.with(|l| l.borrow().clone()),
+            phases: exported_phases(layout.as_deref()),
+            layout,
             pipeline: None,
             next_tick_ns: Vec::new(),
         }
@@ -380,14 +380,10 @@ impl ModuleRoot {
     /// A new stream; inert (passes everything through) without a valid
     /// configuration.
     pub(crate) fn new_stream(&self) -> ModuleStream {
-        let phases = self
-            .layout
-            .as_deref()
-            .map_or(Phases::REQUEST, Layout::phases);
         ModuleStream {
             exchange: match &self.pipeline {
-                Some(p) => Exchange::new(p.stages.len(), phases),
-                None => Exchange::new(0, phases),
+                Some(p) => Exchange::new(p.stages.len(), self.phases),
+                None => Exchange::new(0, self.phases),
             },
             pipeline: self.pipeline.clone(),
         }

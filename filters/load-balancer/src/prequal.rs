@@ -38,10 +38,10 @@
 //! level's median). So an endpoint that was hot is tried again, one
 //! request per worker per `max_age_ms` (a dead one, whose probes fail at
 //! once without a report, too), not by every proxy at once, and never
-//! left out for good: assumed
-//! typical, a stale endpoint next to two overloaded ones was as hot as the
-//! hotter of them, never picked, so never heard from again (the matrix's
-//! antagonist scenario, BENCHMARKS.md eleventh session).
+//! left out for good: assumed typical, a stale endpoint next to two
+//! overloaded ones was as hot as the hotter of them, never picked, so
+//! never heard from again (the matrix's antagonist scenario, BENCHMARKS.md
+//! eleventh session).
 
 use crate::picker::Rng;
 
@@ -267,9 +267,9 @@ fn usable(s: &Slot, now_ns: u64, max_age_ns: u64) -> Option<Seen> {
 /// endpoint and the lower load decides; an endpoint without a usable
 /// report gets one probe from this worker per `max_age` (load 0 while it
 /// may, [`Estimate::probe`]) and is otherwise assumed typical (the level's
-/// median), not idle, so every proxy does not rush to it at once;
-/// one without a latency is assumed of typical latency; a utilization-based load
-/// of 1 or more is hot whatever the quantile; and when every sampled
+/// median), not idle, so every proxy does not rush to it at once; one
+/// without a latency is assumed of typical latency; a utilization-based
+/// load of 1 or more is hot whatever the quantile; and when every sampled
 /// endpoint is hot, the least loaded of the whole level wins.
 pub fn choose(
     estimates: &[Estimate],

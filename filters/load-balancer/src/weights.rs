@@ -168,7 +168,7 @@ impl Ord for Slot {
 /// phase for all entries (used before, and 0 in every VM with a random id)
 /// only rescales the same order.
 fn start_fraction(seed: u64, key: u64) -> f64 {
-    (crate::maglev::mix(seed ^ crate::maglev::mix(key)) >> 11) as f64 / (1u64 << 53) as f64
+    crate::picker::Rng::new(seed ^ crate::maglev::mix(key)).unit()
 }
 
 impl Edf {
