@@ -98,8 +98,10 @@ pub struct BenchConfig {
     pub warmup: Duration,
     pub duration: Duration,
     pub connections: usize,
-    /// Open-loop arrival rate for the latency measurement.
-    pub open_loop_rps: f64,
+    /// Open-loop arrival rate for the latency measurement; `None`:
+    /// [`OPEN_LOOP_SHARE`] of the baseline's closed-loop throughput in the
+    /// first round, so every machine offers the same share of its capacity.
+    pub open_loop_rps: Option<f64>,
     pub open_loop_duration: Duration,
     /// Core for Envoy; the caller runs on the others.
     pub envoy_cpu: usize,
@@ -128,7 +130,7 @@ impl Default for BenchConfig {
             warmup: Duration::from_secs(2),
             duration: Duration::from_secs(5),
             connections: 32,
-            open_loop_rps: 4000.0,
+            open_loop_rps: None,
             open_loop_duration: Duration::from_secs(3),
             envoy_cpu: 0,
             only: Vec::new(),
@@ -178,6 +180,8 @@ pub struct VariantResult {
 pub struct BenchReport {
     pub envoy_version: String,
     pub config: BenchConfig,
+    /// The open-loop rate every variant was offered, req/s.
+    pub open_loop_rps: f64,
     pub variants: Vec<VariantResult>,
     /// Shipped module sizes (bytes, after wasm-opt) from `build/wasm/`.
     pub module_sizes: BTreeMap<String, u64>,
@@ -249,9 +253,25 @@ async fn wrk(
     Ok((rps, non_2xx, total))
 }
 
-async fn measure(variant: &Variant, backends: &[Backend], cfg: &BenchConfig) -> Result<Run> {
+/// The open-loop rate when none is given, as a share of the no-filter
+/// proxy's closed-loop throughput. The per-request-cost issue's "4 000
+/// req/s" was 18 % of the baseline's 22 665 req/s on the machine it was
+/// written on; at a fixed rate a slower machine offers a variant more than it
+/// can serve (2026-12-01: the chain served 3 860 req/s, so 4 000 req/s
+/// queued without bound and its p99 was 108 ms, against 6.6 ms with no
+/// filter), and the p99 measures the overload instead of the filter.
+pub const OPEN_LOOP_SHARE: f64 = 0.2;
+
+/// One visit of `variant`: closed loop, then the open loop at `rate`, which
+/// the first visit (the baseline's) sets when it is still unset.
+async fn measure(
+    variant: &Variant,
+    backends: &[Backend],
+    cfg: &BenchConfig,
+    rate: &mut Option<f64>,
+) -> Result<Run> {
     let envoy = start_variant(variant, backends, cfg.envoy_cpu, 1).await?;
-    run_load(&envoy, variant, cfg).await
+    run_load(&envoy, variant, cfg, rate).await
 }
 
 /// Starts native Envoy for `variant` in front of `backends`, pinned to `cpu`.
@@ -314,6 +334,7 @@ async fn run_load(
     envoy: &crate::envoy::Envoy,
     variant: &Variant,
     cfg: &BenchConfig,
+    rate: &mut Option<f64>,
 ) -> Result<Run> {
     let ingress = envoy.listener("ingress")?;
     wrk(
@@ -336,10 +357,11 @@ async fn run_load(
     let cpu = envoy.cpu_time()?.saturating_sub(cpu_before);
     let rss_kib = envoy.pid().map_or(0, rss_kib);
     let spec = RequestSpec::get(variant.host.clone(), variant.path.clone());
+    let rate_per_sec = *rate.get_or_insert(OPEN_LOOP_SHARE * rps);
     let latency = Traffic::new(
         ingress,
         Load::OpenLoop {
-            rate_per_sec: cfg.open_loop_rps,
+            rate_per_sec,
             duration: cfg.open_loop_duration,
             max_in_flight: 256,
         },
@@ -398,10 +420,11 @@ pub async fn run(
         backends.push(Backend::start(BackendSpec::new(name).orca(OrcaFormat::Text)).await?);
     }
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
+    let mut rate = cfg.open_loop_rps;
     for round in 0..cfg.rounds {
         for (i, v) in variants.iter().enumerate() {
             progress(&format!("round {}/{}: {}", round + 1, cfg.rounds, v.name));
-            runs[i].push(measure(v, &backends, cfg).await?);
+            runs[i].push(measure(v, &backends, cfg, &mut rate).await?);
         }
     }
     let crossings = crossing_counts();
@@ -437,6 +460,7 @@ pub async fn run(
             .map(|r| r.envoy_version())
             .unwrap_or_else(|_| "?".into()),
         config: cfg.clone(),
+        open_loop_rps: rate.unwrap_or(0.0),
         variants: results,
         module_sizes: module_sizes(),
     })
@@ -751,18 +775,38 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
+/// The open-loop p99 of a variant against the baseline's: (worst round,
+/// median). Rounds pair up by index (the same minutes of the run).
+fn p99_ratios(v: &VariantResult, base: &VariantResult) -> (f64, f64) {
+    let per_round: Vec<f64> = v
+        .runs
+        .iter()
+        .zip(&base.runs)
+        .map(|(r, b)| r.p99_us as f64 / (b.p99_us as f64).max(1.0))
+        .collect();
+    let worst = per_round.iter().copied().fold(0.0, f64::max);
+    (worst, v.p99_us as f64 / (base.p99_us as f64).max(1.0))
+}
+
 /// The goal column of one Switchyard variant.
-fn goal_text(group: &str, v: &VariantResult, vs_native: Option<f64>, p99_ratio: f64) -> String {
+fn goal_text(
+    group: &str,
+    v: &VariantResult,
+    vs_native: Option<f64>,
+    (p99_worst, p99_median): (f64, f64),
+    open_loop_rps: f64,
+) -> String {
     match (group, vs_native) {
         ("fixture", _) => format!(
             "≥ {GOAL_FIXTURE_RATIO_VS_BASELINE}× baseline: {}",
             verdict(v.throughput_ratio >= GOAL_FIXTURE_RATIO_VS_BASELINE)
         ),
         ("chain", Some(r)) => format!(
-            "≥ {GOAL_CHAIN_RATIO_VS_NATIVE}× native: {} ({r:.2}×; aim {AIM_CHAIN_RATIO_VS_NATIVE}×: {}); p99 ≤ {GOAL_CHAIN_P99_VS_BASELINE}× baseline: {} ({p99_ratio:.2}×)",
+            "≥ {GOAL_CHAIN_RATIO_VS_NATIVE}× native: {} ({r:.2}×; aim {AIM_CHAIN_RATIO_VS_NATIVE}×: {}); p99 ≤ {GOAL_CHAIN_P99_VS_BASELINE}× baseline in every round: {} (worst {p99_worst:.2}×, median {p99_median:.2}×; the open loop is {:.0} % of its closed-loop req/s)",
             verdict(r >= GOAL_CHAIN_RATIO_VS_NATIVE),
             verdict(r >= AIM_CHAIN_RATIO_VS_NATIVE),
-            verdict(p99_ratio <= GOAL_CHAIN_P99_VS_BASELINE)
+            verdict(p99_worst <= GOAL_CHAIN_P99_VS_BASELINE),
+            100.0 * open_loop_rps / v.rps.max(1e-9)
         ),
         ("access-log" | "access-log-fs", Some(r)) => format!(
             "≥ {GOAL_ACCESS_LOG_RATIO_VS_NATIVE}× native: {}",
@@ -785,12 +829,20 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Envoy {} · --concurrency 1 · {} rounds × {:?} closed loop ({} connections) · open loop {} req/s\n",
+            "Envoy {} · --concurrency 1 · {} rounds × {:?} closed loop ({} connections) · open loop {:.0} req/s ({})\n",
             self.envoy_version,
             self.config.rounds,
             self.config.duration,
             self.config.connections,
-            self.config.open_loop_rps
+            self.open_loop_rps,
+            if self.config.open_loop_rps.is_some() {
+                "as given".to_string()
+            } else {
+                format!(
+                    "{:.0} % of the baseline's first closed loop",
+                    100.0 * OPEN_LOOP_SHARE
+                )
+            }
         );
         let _ = writeln!(
             out,
@@ -809,7 +861,7 @@ impl BenchReport {
                     }
             })
         };
-        let base_p99 = self.variants.first().map_or(0, |v| v.p99_us) as f64;
+        let base = self.variants.first();
         for v in &self.variants {
             let (role, vs_native, goal) = match &v.role {
                 Role::Baseline => ("baseline".to_string(), "".to_string(), "".to_string()),
@@ -817,11 +869,11 @@ impl BenchReport {
                 Role::Switchyard { group } => {
                     let ratio = native(native_group(group)).map(|n| v.rps / n.rps.max(1e-9));
                     let vs = ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
-                    let p99_ratio = v.p99_us as f64 / base_p99.max(1.0);
+                    let p99 = base.map_or((0.0, 0.0), |b| p99_ratios(v, b));
                     (
                         format!("switchyard {group}"),
                         vs,
-                        goal_text(group, v, ratio, p99_ratio),
+                        goal_text(group, v, ratio, p99, self.open_loop_rps),
                     )
                 }
             };
@@ -1095,4 +1147,47 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(p99s: &[u64]) -> VariantResult {
+        let runs: Vec<Run> = p99s
+            .iter()
+            .map(|&p99_us| Run {
+                rps: 1000.0,
+                cpu_us_per_request: 0.0,
+                non_2xx: 0,
+                p50_us: 0,
+                p99_us,
+                rss_kib: 0,
+            })
+            .collect();
+        VariantResult {
+            name: String::new(),
+            role: Role::Baseline,
+            rps: 1000.0,
+            cpu_us_per_request: 0.0,
+            p50_us: 0,
+            p99_us: median_u(p99s.to_vec()),
+            rss_kib: 0,
+            runs,
+            crossings: None,
+            throughput_ratio: 1.0,
+            added_cpu_us: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_p99_goal_is_the_worst_round_against_the_same_round() {
+        // Round 2's chain p99 is 3× the baseline's in that round; the
+        // medians alone (2 000 vs 1 000) would pass a 2× goal.
+        let base = result(&[1000, 1000, 1000]);
+        let chain = result(&[1200, 3000, 2000]);
+        let (worst, median) = p99_ratios(&chain, &base);
+        assert!((worst - 3.0).abs() < 1e-9, "{worst}");
+        assert!((median - 2.0).abs() < 1e-9, "{median}");
+    }
 }

@@ -167,6 +167,20 @@ async fn count(
         gets(&client, addr, v, icfg.requests)
     })
     .await?;
+    if let Some(keep) = std::env::var_os("SWITCHYARD_KEEP_CALLGRIND") {
+        // The counted window's profile, for callgrind_annotate (by object:
+        // V8's generated code shows as `???`).
+        let name: String = v
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        for (n, window) in [(1, "idle"), (2, "requests")] {
+            let to = Path::new(&keep).join(format!("callgrind.{name}.{window}.out"));
+            std::fs::copy(envoy.run_dir().join(format!("callgrind.out.{n}")), &to)
+                .with_context(|| format!("keeping {}", to.display()))?;
+        }
+    }
     let idle_per_second = idle as f64 / icfg.idle.as_secs_f64();
     let n = icfg.requests.max(1) as f64;
     Ok(InstructionRow {

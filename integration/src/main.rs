@@ -132,6 +132,10 @@ enum Command {
         /// Seconds of closed-loop load per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Open-loop rate of the latency measurement, req/s (default: 20 %
+        /// of the no-filter proxy's closed-loop throughput in round 1).
+        #[arg(long)]
+        open_loop_rps: Option<f64>,
         /// Where the JSON and markdown results go.
         #[arg(long, default_value = "results")]
         out: std::path::PathBuf,
@@ -325,6 +329,7 @@ async fn real_main() -> Result<ExitCode> {
         Command::Bench {
             rounds,
             seconds,
+            open_loop_rps,
             out,
             envoy_cpu,
             only,
@@ -349,6 +354,7 @@ async fn real_main() -> Result<ExitCode> {
             let cfg = bench::BenchConfig {
                 rounds,
                 duration: Duration::from_secs(seconds),
+                open_loop_rps,
                 envoy_cpu,
                 only,
                 lb_repeats,
