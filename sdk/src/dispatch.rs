@@ -3,7 +3,8 @@
 //!
 //! Only callbacks a stage can use are exported, because Envoy's Wasm host
 //! (proxy-wasm-cpp-host) skips a callback the module does not export, and
-//! each one it makes costs a crossing (see `shared/reference/hot-path.md`):
+//! each one it makes costs a crossing (`BENCHMARKS.md`, "What a crossing
+//! costs"):
 //! `proxy_on_done`, the body callbacks, request trailers and gRPC metadata
 //! are not exported, and response headers, response trailers and `on_log`
 //! only when a stage of the module takes part in that phase

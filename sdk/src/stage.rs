@@ -7,7 +7,7 @@
 //! (a filter built alone) or several in order (the chain), with one set of
 //! Envoy callbacks per request either way.
 //!
-//! What the [`Exchange`] saves (see `shared/reference/hot-path.md`):
+//! What the [`Exchange`] saves (see `BENCHMARKS.md`, "What a crossing costs"):
 //! - each header map is read at most once per phase, with one
 //!   `proxy_get_header_map_pairs` call, and kept in step with the stages'
 //!   own writes, so later stages and `on_log` read it for free;

@@ -102,8 +102,8 @@ pub(crate) struct StreamState {
     pub(crate) crossings: Vec<Crossing>,
 }
 
-/// One crossing between Envoy and the VM (see `shared/reference/hot-path.md`):
-/// each costs roughly 0.1–0.9 µs of Envoy CPU.
+/// One crossing between Envoy and the VM: each costs roughly 0.1–0.9 µs of
+/// Envoy CPU (`BENCHMARKS.md`, "What a crossing costs").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Crossing {
     /// A callback Envoy makes into the VM (`proxy_on_request_headers`, ...).
