@@ -92,6 +92,14 @@ impl Observed {
         }
     }
 
+    /// Forgets `slot`'s answers: it went to another endpoint.
+    pub fn forget(&mut self, slot: u16) {
+        if let Some(l) = self.latest.get_mut(usize::from(slot)) {
+            *l = Latest::default();
+            self.generation += 1;
+        }
+    }
+
     /// The latest answers of `slot` at `now_ns` (none after a whole window
     /// without one).
     pub fn answers(&self, slot: u16, now_ns: u64) -> Answers {

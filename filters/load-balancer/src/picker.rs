@@ -156,11 +156,12 @@ impl Picker {
                     })
                     .collect();
                 observed::penalise_weights(&mut level_weights, &penalties);
-                // Slots are stable while an endpoint stays: the carry key.
+                // The carry key: the endpoint's address fingerprint (its
+                // slot may go to another endpoint once it is removed).
                 let edf_weights = members
                     .iter()
                     .zip(&level_weights)
-                    .map(|(&i, &w)| (i, u64::from(table.endpoints[i].slot), w));
+                    .map(|(&i, &w)| (i, table.endpoints[i].fingerprint(), w));
                 let prev_edf = old_edfs
                     .iter()
                     .find(|(p, _)| *p == priority)
@@ -264,16 +265,23 @@ impl Picker {
                     let estimates: Vec<Estimate> =
                         l.members.iter().map(|&i| signals.estimate(i)).collect();
                     let first = l.edf.pick()?;
-                    if !estimates.iter().all(|e| e.reports_in_flight) {
+                    let k = l.members.iter().position(|&m| m == first)?;
+                    let e = estimates.get(k)?;
+                    // An endpoint whose last answer failed and that sent no
+                    // usable report since, while others did, gives its turns
+                    // away until its probe: a dead one that never reported
+                    // to this worker (or not since it died) drew its whole
+                    // share, every attempt a connect failure, with passive
+                    // health off. (Without reports anywhere, A58's order.)
+                    if e.failing && !e.probe && estimates.iter().any(|x| x.reported) {
+                        by_prequal(l, &estimates, self.prequal, rng)?
+                    } else if !estimates.iter().all(|e| e.reports_in_flight)
+                        || e.probe
+                        || (e.load.is_some() && !prequal::would_queue(e))
+                    {
                         first
                     } else {
-                        let k = l.members.iter().position(|&m| m == first)?;
-                        let e = estimates.get(k)?;
-                        if e.probe || (e.load.is_some() && !prequal::would_queue(e)) {
-                            first
-                        } else {
-                            by_prequal(l, &estimates, self.prequal, rng)?
-                        }
+                        by_prequal(l, &estimates, self.prequal, rng)?
                     }
                 }
                 (Policy::Prequal, _) => {
@@ -440,6 +448,7 @@ mod tests {
         step: 0.0,
         latency_ns: None,
         probe: false,
+        failing: false,
     };
 
     type Inputs = fn(usize) -> (f64, u32, Estimate);
@@ -454,6 +463,7 @@ mod tests {
             step: 0.0,
             latency_ns: Some(ms * 1e6),
             probe: false,
+            failing: false,
         }
     }
 
@@ -663,6 +673,59 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(p.pick(None, &mut rng, &inputs, false).unwrap().first, 2);
         }
+    }
+
+    #[test]
+    fn auto_gives_a_failing_unreported_endpoint_its_probes_only() {
+        let t = table(&[("a:1", 0, 1), ("b:1", 0, 1), ("c:1", 0, 1)]);
+        let mut p = Picker::build(&t, &config(""), 0, 0, None, &Observed::default());
+        // c's last answer failed (a refused connection), it never reported
+        // to this worker and its probe is spent; a and b report.
+        let dead = Estimate {
+            failing: true,
+            ..NONE
+        };
+        let inputs = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, util(2.0, 0.25)),
+            1 => (0.0, 0, util(2.0, 0.25)),
+            _ => (0.0, 0, dead),
+        });
+        let mut rng = Rng::new(3);
+        let mut got = [0; 3];
+        for _ in 0..300 {
+            got[p.pick(None, &mut rng, &inputs, false).unwrap().first] += 1;
+        }
+        // On the old rule c kept its A58 turns: a third of the picks, each a
+        // connect failure with passive health off.
+        assert_eq!(got[2], 0, "{got:?}");
+        // Its probe is due: it gets its turn.
+        let probing = Fixed(move |i: usize| match i {
+            0 => (0.0, 0, util(2.0, 0.25)),
+            1 => (0.0, 0, util(2.0, 0.25)),
+            _ => (
+                0.0,
+                0,
+                Estimate {
+                    probe: true,
+                    ..dead
+                },
+            ),
+        });
+        let mut got = [0; 3];
+        for _ in 0..300 {
+            got[p.pick(None, &mut rng, &probing, false).unwrap().first] += 1;
+        }
+        assert!(got[2] >= 90, "{got:?}");
+        // No reports anywhere: A58's order, as before.
+        let silent = Fixed(move |i: usize| match i {
+            0 | 1 => (0.0, 0, NONE),
+            _ => (0.0, 0, dead),
+        });
+        let mut got = [0; 3];
+        for _ in 0..300 {
+            got[p.pick(None, &mut rng, &silent, false).unwrap().first] += 1;
+        }
+        assert_eq!(got, [100, 100, 100]);
     }
 
     #[test]

@@ -66,6 +66,8 @@ struct Slot {
     /// When this worker last sent a request there without a usable report
     /// (a probe): the next may go `max_age_ns` later.
     probed_at: Option<u64>,
+    /// Whether the latest answer this worker recorded from there failed.
+    last_failed: bool,
 }
 
 /// A report as this worker received it.
@@ -103,6 +105,10 @@ pub struct Estimate {
     /// `max_age` (one that failed without a report, e.g. a refused
     /// connection, does not clear the way for the next at once).
     pub probe: bool,
+    /// No usable report, and the latest answer this worker recorded from
+    /// the endpoint failed: until its next probe it is no candidate (a dead
+    /// endpoint gets its probes, not a share).
+    pub failing: bool,
 }
 
 impl Estimate {
@@ -115,6 +121,7 @@ impl Estimate {
         step: 0.0,
         latency_ns: None,
         probe: false,
+        failing: false,
     };
 }
 
@@ -122,6 +129,10 @@ impl Estimate {
 #[derive(Debug, Clone)]
 pub struct Live {
     slots: Vec<Slot>,
+    /// The fingerprint of the endpoint each slot's state belongs to (0:
+    /// none yet). A slot freed by a removed endpoint goes to the next one
+    /// added, which must not inherit its counts, reports or failures.
+    owners: Vec<u64>,
     max_age_ns: u64,
 }
 
@@ -131,7 +142,39 @@ impl Live {
     pub fn new(slots: usize, max_age_ns: u64) -> Self {
         Live {
             slots: vec![Slot::default(); slots],
+            owners: vec![0; slots],
             max_age_ns,
+        }
+    }
+
+    /// Gives `slot` to the endpoint with `fingerprint`: when it belonged
+    /// to another endpoint, its state starts over. Returns whether it
+    /// changed hands (the caller forgets the slot's other per-worker
+    /// records too).
+    pub fn adopt(&mut self, slot: u16, fingerprint: u64) -> bool {
+        let i = usize::from(slot);
+        match (self.owners.get_mut(i), self.slots.get_mut(i)) {
+            (Some(owner), Some(s)) if *owner != fingerprint => {
+                *owner = fingerprint;
+                *s = Slot::default();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `slot`'s state belongs to the endpoint with `fingerprint`:
+    /// a request picked from an older table may end after its endpoint's
+    /// slot went to another.
+    pub fn owns(&self, slot: u16, fingerprint: u64) -> bool {
+        self.owners.get(usize::from(slot)) == Some(&fingerprint)
+    }
+
+    /// The latest answer this worker recorded from `slot` (see
+    /// [`Estimate::failing`]).
+    pub fn answered(&mut self, slot: u16, failed: bool) {
+        if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+            s.last_failed = failed;
         }
     }
 
@@ -228,6 +271,7 @@ impl Live {
             && now_ns.saturating_sub(s.latency_at) <= self.max_age_ns)
             .then_some(s.latency_ns);
         Estimate {
+            failing: !reported && s.last_failed,
             rif,
             reported,
             reports_in_flight: s.reports_in_flight,
@@ -266,8 +310,10 @@ fn usable(s: &Slot, now_ns: u64, max_age_ns: u64) -> Option<Seen> {
 /// other count as equal, so noise does not send every proxy to the same
 /// endpoint and the lower load decides; an endpoint without a usable
 /// report gets one probe from this worker per `max_age` (load 0 while it
-/// may, [`Estimate::probe`]) and is otherwise assumed typical (the level's
-/// median), not idle, so every proxy does not rush to it at once; one
+/// may, [`Estimate::probe`]) and is otherwise no candidate when its last
+/// answer failed ([`Estimate::failing`]: a dead endpoint gets its probes,
+/// not a share) and assumed typical (the level's median) when it did not,
+/// not idle, so every proxy does not rush to it at once; one
 /// without a latency is assumed of typical latency; a utilization-based
 /// load of 1 or more is hot whatever the quantile; and when every sampled
 /// endpoint is hot, the least loaded of the whole level wins.
@@ -308,13 +354,14 @@ pub fn choose(
         .enumerate()
         .map(|(k, e)| {
             // Unreported: a probe counts as idle (this worker's own count
-            // there, 0); otherwise typical.
+            // there, 0); one whose last answer failed is no candidate until
+            // its probe; otherwise typical.
             let mut l = own_load(e);
             if !e.reported
                 && !e.probe
                 && let Some(t) = typical_load
             {
-                l = l.max(t);
+                l = if e.failing { f64::INFINITY } else { l.max(t) };
             }
             // Observed failures count against an endpoint whatever it reports.
             if let Some(s) = penalties.get(k).copied().flatten() {
@@ -346,7 +393,8 @@ pub fn choose(
     // A load above 1 with this request added means it would queue (no free
     // slot), whatever the quantile says (with 3 endpoints, the 0.8 quantile
     // leaves 2 cold however loaded).
-    let cold = |k: usize| loads[k] <= threshold && !(normalise && loads[k] > FULL);
+    let cold =
+        |k: usize| loads[k].is_finite() && loads[k] <= threshold && !(normalise && loads[k] > FULL);
     let chosen = sampled
         .iter()
         .copied()
@@ -405,6 +453,7 @@ mod tests {
             step: load.map_or(0.0, |l| if rif > 0.0 { l / rif } else { 0.0 }),
             latency_ns: latency_ms.map(|l| l * 1e6),
             probe: false,
+            failing: false,
         }
     }
 
@@ -506,6 +555,7 @@ mod tests {
             step: 0.0,
             latency_ns: None,
             probe: probes == 0.0,
+            failing: false,
         }
     }
 
@@ -537,6 +587,56 @@ mod tests {
         // Still picked when sampled only with hotter ones.
         let got = shares(&e, 2, 1.0);
         assert!(got[2] > 0 && got[0] > got[2], "{got:?}");
+        // Its last answer failed (a refused connection): no candidate until
+        // its next probe, however it is sampled. On the old rule it counted
+        // as typical and took a share of connect failures.
+        let e = [
+            e[0],
+            e[1],
+            Estimate {
+                probe: false,
+                failing: true,
+                ..stale(0.0)
+            },
+        ];
+        assert_eq!(shares(&e, 2, 1.0)[2], 0);
+        assert_eq!(shares(&e, 3, 1.0)[2], 0);
+    }
+
+    #[test]
+    fn a_slot_given_to_another_endpoint_starts_over() {
+        let max_age = 1_000_000_000;
+        let mut live = Live::new(2, max_age);
+        assert!(live.adopt(1, 0xA), "first owner");
+        assert!(!live.adopt(1, 0xA), "same owner: kept");
+        live.start(1, 10);
+        live.report(1, Some(9.0), 0.9, 20);
+        live.answered(1, true);
+        assert!(live.owns(1, 0xA));
+        assert_eq!(live.estimate(1, 30).rif, 9.0);
+        // Endpoint A removed, B added in its slot: B inherits nothing.
+        assert!(live.adopt(1, 0xB));
+        assert!(!live.owns(1, 0xA) && live.owns(1, 0xB));
+        let e = live.estimate(1, 30);
+        assert_eq!((e.rif, e.reported, e.failing), (0.0, false, false));
+        assert!(e.probe && !e.reports_in_flight);
+    }
+
+    #[test]
+    fn a_failed_answer_without_a_report_marks_the_endpoint_failing() {
+        let max_age = 1_000_000_000;
+        let mut live = Live::new(1, max_age);
+        live.start(0, 10);
+        live.answered(0, true);
+        live.finish(0);
+        let e = live.estimate(0, 20);
+        assert!(e.failing && !e.probe, "{e:?}");
+        // A usable report outweighs the failure (it answered since).
+        live.report(0, Some(1.0), 0.1, 30);
+        assert!(!live.estimate(0, 40).failing);
+        // A success clears it.
+        live.answered(0, false);
+        assert!(!live.estimate(0, 3 * max_age).failing);
     }
 
     #[test]

@@ -86,8 +86,9 @@ struct Request {
     table: Option<Rc<Postcard<Table>>>,
     /// Picked endpoints (first, then retry hosts), as table indices.
     picks: Vec<usize>,
-    /// Slot whose in-flight count this request holds; taken on release.
-    in_flight: Option<u16>,
+    /// Slot whose in-flight count this request holds, and the fingerprint
+    /// of its endpoint then; taken on release.
+    in_flight: Option<(u16, u64)>,
     /// The table index of the endpoint that answered, once known.
     served: Option<usize>,
     /// A valid report came with the response headers: the trailers' is
@@ -251,6 +252,14 @@ impl LoadBalancer {
                 || k.observed_generation != p.observed.generation
         });
         if stale {
+            // A slot freed by a removed endpoint goes to the next one added:
+            // this worker's record of it starts over (counts, reports,
+            // failures), or the newcomer inherits them.
+            for e in &t.endpoints {
+                if p.live.adopt(e.slot, e.fingerprint()) {
+                    p.observed.forget(e.slot);
+                }
+            }
             let previous = p.picker.take();
             p.picker = Some(Picker::build(
                 t,
@@ -294,7 +303,7 @@ impl LoadBalancer {
         let slot = first.slot;
         p.live.start(slot, p.tick_ns);
         let r = ex.state::<Request>();
-        r.in_flight = Some(slot);
+        r.in_flight = Some((slot, first.fingerprint()));
         r.picks = std::iter::once(pick.first).chain(pick.retries).collect();
         r.table = Some(Rc::clone(&table));
     }
@@ -350,16 +359,15 @@ impl LoadBalancer {
         let config = &self.store.config;
         let utilization = r.utilization_for(&config.weighted_round_robin.utilization_metrics);
         let at_ns = response_stamp(ex, self.picking.borrow().tick_ns);
-        if config.policy.uses_estimates() {
+        let mut picking = self.picking.borrow_mut();
+        if config.policy.uses_estimates() && picking.live.owns(e.slot, e.fingerprint()) {
             let rif = r
                 .named_metrics
                 .get(&config.prequal.in_flight_metric)
                 .copied();
-            self.picking
-                .borrow_mut()
-                .live
-                .report(e.slot, rif, utilization, at_ns);
+            picking.live.report(e.slot, rif, utilization, at_ns);
         }
+        drop(picking);
         self.store.store_report(
             e.slot,
             LoadRecord {
@@ -401,7 +409,9 @@ impl LoadBalancer {
         outcomes.push((s, failed));
         let mut picking = self.picking.borrow_mut();
         let now = response_stamp(ex, picking.tick_ns);
-        if let (Some(ms), Some(e)) = (service_ms, t.endpoints.get(s)) {
+        if let (Some(ms), Some(e)) = (service_ms, t.endpoints.get(s))
+            && picking.live.owns(e.slot, e.fingerprint())
+        {
             picking
                 .live
                 .latency(e.slot, ms.saturating_mul(1_000_000), now);
@@ -409,9 +419,14 @@ impl LoadBalancer {
         let mut any_failed = false;
         for (i, failed) in outcomes {
             if let Some(e) = t.endpoints.get(i) {
+                let fingerprint = e.fingerprint();
                 self.store
-                    .record_outcome(&e.address, e.slot, e.fingerprint(), failed);
-                picking.observed.record(e.slot, failed, now);
+                    .record_outcome(&e.address, e.slot, fingerprint, failed);
+                // The slot may have gone to another endpoint since the pick.
+                if picking.live.owns(e.slot, fingerprint) {
+                    picking.observed.record(e.slot, failed, now);
+                    picking.live.answered(e.slot, failed);
+                }
                 any_failed |= failed;
             }
         }
@@ -591,8 +606,11 @@ impl Stage for LoadBalancer {
 
     fn on_stream_end(&self, ex: &mut Exchange) {
         // `take`: the count is released once, whatever ran before.
-        if let Some(slot) = ex.state::<Request>().in_flight.take() {
-            self.picking.borrow_mut().live.finish(slot);
+        if let Some((slot, fingerprint)) = ex.state::<Request>().in_flight.take() {
+            let mut p = self.picking.borrow_mut();
+            if p.live.owns(slot, fingerprint) {
+                p.live.finish(slot);
+            }
         }
     }
 

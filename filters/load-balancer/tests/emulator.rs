@@ -319,6 +319,64 @@ fn discovery_by_the_leader_and_garbage_keeps_the_last_set() {
     s.finish();
 }
 
+/// Picks of `n` requests on `w`, each answered by its pick; `fails`
+/// answers 503 every other time.
+fn shares(w: &Worker, n: usize, fails: Option<&str>) -> std::collections::BTreeMap<String, usize> {
+    let mut got = std::collections::BTreeMap::new();
+    let mut toggle = false;
+    for _ in 0..n {
+        let (s, pick) = request(w, &[]);
+        let to = first(&pick);
+        let status = if Some(to.as_str()) == fails {
+            toggle = !toggle;
+            if toggle { "503" } else { "200" }
+        } else {
+            "200"
+        };
+        respond(&s, &to, status, None);
+        *got.entry(to).or_insert(0) += 1;
+    }
+    got
+}
+
+#[test]
+fn an_endpoint_in_a_removed_ones_slot_inherits_nothing() {
+    let host = discovery_host();
+    let w = host.start_worker();
+    let answer = |body: String| {
+        host.advance(Duration::from_millis(1100));
+        w.tick();
+        let call = host.expect_http_call("disc");
+        w.respond_http_call(call.token, CallOutcome::status(200, body));
+        w.tick();
+    };
+    let set = |addrs: &[&str]| {
+        let eps: Vec<String> = addrs
+            .iter()
+            .map(|a| format!(r#"{{"address":"{a}"}}"#))
+            .collect();
+        format!(r#"{{"endpoints":[{}]}}"#, eps.join(","))
+    };
+    const D: &str = "10.0.0.4:80";
+    answer(set(&[A, B, C]));
+    // C fails every other request: never 3 in a row, so never ejected, but
+    // observed failures penalise its share.
+    shares(&w, 300, Some(C));
+    // Penalties are worked out when the picker is rebuilt, at most twice
+    // per observed window.
+    host.advance(Duration::from_millis(5500));
+    w.tick();
+    shares(&w, 10, Some(C));
+    let before = shares(&w, 300, Some(C));
+    let c = before.get(C).copied().unwrap_or(0);
+    assert!(c < 80, "C penalised: {before:?}");
+    // C goes, D comes and takes C's slot: D starts with a clean record.
+    answer(set(&[A, B, D]));
+    let after = shares(&w, 300, None);
+    let d = after.get(D).copied().unwrap_or(0);
+    assert!((90..=110).contains(&d), "D gets a third at once: {after:?}");
+}
+
 #[test]
 fn an_unchanged_discovery_answer_writes_nothing() {
     let host = discovery_host();
