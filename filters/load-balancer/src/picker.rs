@@ -479,6 +479,20 @@ mod tests {
     #[allow(non_upper_case_globals)]
     const no_inputs: Fixed<Inputs> = Fixed(|_| (0.0, 0, NONE));
 
+    /// First picks of `n` requests over 3 endpoints with `inputs`.
+    fn picks3<F: Fn(usize) -> (f64, u32, Estimate)>(
+        p: &mut Picker,
+        rng: &mut Rng,
+        inputs: &Fixed<F>,
+        n: usize,
+    ) -> [usize; 3] {
+        let mut got = [0; 3];
+        for _ in 0..n {
+            got[p.pick(None, rng, inputs, false).unwrap().first] += 1;
+        }
+        got
+    }
+
     fn count(p: &mut Picker, n: usize, size: usize) -> Vec<usize> {
         let mut rng = Rng::new(1);
         let mut c = vec![0; size];
@@ -691,10 +705,7 @@ mod tests {
             _ => (0.0, 0, dead),
         });
         let mut rng = Rng::new(3);
-        let mut got = [0; 3];
-        for _ in 0..300 {
-            got[p.pick(None, &mut rng, &inputs, false).unwrap().first] += 1;
-        }
+        let got = picks3(&mut p, &mut rng, &inputs, 300);
         // On the old rule c kept its A58 turns: a third of the picks, each a
         // connect failure with passive health off.
         assert_eq!(got[2], 0, "{got:?}");
@@ -711,21 +722,14 @@ mod tests {
                 },
             ),
         });
-        let mut got = [0; 3];
-        for _ in 0..300 {
-            got[p.pick(None, &mut rng, &probing, false).unwrap().first] += 1;
-        }
+        let got = picks3(&mut p, &mut rng, &probing, 300);
         assert!(got[2] >= 90, "{got:?}");
         // No reports anywhere: A58's order, as before.
         let silent = Fixed(move |i: usize| match i {
             0 | 1 => (0.0, 0, NONE),
             _ => (0.0, 0, dead),
         });
-        let mut got = [0; 3];
-        for _ in 0..300 {
-            got[p.pick(None, &mut rng, &silent, false).unwrap().first] += 1;
-        }
-        assert_eq!(got, [100, 100, 100]);
+        assert_eq!(picks3(&mut p, &mut rng, &silent, 300), [100, 100, 100]);
     }
 
     #[test]

@@ -339,26 +339,30 @@ fn shares(w: &Worker, n: usize, fails: Option<&str>) -> std::collections::BTreeM
     got
 }
 
+/// Answers `w`'s next discovery poll (a second later) with `body`.
+fn answer_discovery(host: &Host, w: &Worker, body: String) {
+    host.advance(Duration::from_millis(1100));
+    w.tick();
+    let call = host.expect_http_call("disc");
+    w.respond_http_call(call.token, CallOutcome::status(200, body));
+}
+
+/// A discovery answer listing `(address, name)` pairs.
+fn endpoint_set(eps: &[(&str, &str)]) -> String {
+    let eps: Vec<String> = eps
+        .iter()
+        .map(|(a, n)| format!(r#"{{"address":"{a}","name":"{n}"}}"#))
+        .collect();
+    format!(r#"{{"endpoints":[{}]}}"#, eps.join(","))
+}
+
 #[test]
 fn an_endpoint_in_a_removed_ones_slot_inherits_nothing() {
     let host = discovery_host();
     let w = host.start_worker();
-    let answer = |body: String| {
-        host.advance(Duration::from_millis(1100));
-        w.tick();
-        let call = host.expect_http_call("disc");
-        w.respond_http_call(call.token, CallOutcome::status(200, body));
-        w.tick();
-    };
-    let set = |addrs: &[&str]| {
-        let eps: Vec<String> = addrs
-            .iter()
-            .map(|a| format!(r#"{{"address":"{a}"}}"#))
-            .collect();
-        format!(r#"{{"endpoints":[{}]}}"#, eps.join(","))
-    };
     const D: &str = "10.0.0.4:80";
-    answer(set(&[A, B, C]));
+    answer_discovery(&host, &w, endpoint_set(&[(A, "a"), (B, "b"), (C, "c")]));
+    w.tick();
     // C fails every other request: never 3 in a row, so never ejected, but
     // observed failures penalise its share.
     shares(&w, 300, Some(C));
@@ -371,7 +375,8 @@ fn an_endpoint_in_a_removed_ones_slot_inherits_nothing() {
     let c = before.get(C).copied().unwrap_or(0);
     assert!(c < 80, "C penalised: {before:?}");
     // C goes, D comes and takes C's slot: D starts with a clean record.
-    answer(set(&[A, B, D]));
+    answer_discovery(&host, &w, endpoint_set(&[(A, "a"), (B, "b"), (D, "d")]));
+    w.tick();
     let after = shares(&w, 300, None);
     let d = after.get(D).copied().unwrap_or(0);
     assert!((90..=110).contains(&d), "D gets a third at once: {after:?}");
@@ -381,19 +386,8 @@ fn an_endpoint_in_a_removed_ones_slot_inherits_nothing() {
 fn an_unchanged_discovery_answer_writes_nothing() {
     let host = discovery_host();
     let w = host.start_worker();
-    let answer = |body: String| {
-        host.advance(Duration::from_millis(1100));
-        w.tick();
-        let call = host.expect_http_call("disc");
-        w.respond_http_call(call.token, CallOutcome::status(200, body));
-    };
-    let set = |names: &[(&str, &str)]| {
-        let eps: Vec<String> = names
-            .iter()
-            .map(|(a, n)| format!(r#"{{"address":"{a}","name":"{n}"}}"#))
-            .collect();
-        format!(r#"{{"endpoints":[{}]}}"#, eps.join(","))
-    };
+    let answer = |body: String| answer_discovery(&host, &w, body);
+    let set = endpoint_set;
     answer(set(&[(A, "a"), (B, "b")]));
     let key = host.shared_keys_ending("/table");
     assert_eq!(key.len(), 1, "{key:?}");
