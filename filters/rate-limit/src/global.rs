@@ -10,6 +10,7 @@ use switchyard_proto::rls::{
     RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_descriptor,
     rate_limit_response,
 };
+use switchyard_sdk::codec::Codec;
 
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
@@ -61,27 +62,146 @@ pub fn descriptor_key(domain: &str, entries: &[(String, String)]) -> Vec<u8> {
     key
 }
 
-/// Enforce descriptors the service said are over limit, with how long they
-/// stay so (ns): the local pre-check answers for them until then. A status
-/// without a duration is not remembered (nothing says when it ends).
-pub fn over_limit_until(resp: &RateLimitResponse, checks: &[GlobalCheck]) -> Vec<(usize, u64)> {
-    if resp.statuses.len() != checks.len() {
+/// The longest a pre-check holds a descriptor whose limit names no unit
+/// (with a unit, the unit: a window resets within it).
+pub const PRECHECK_MAX_HOLD_SECS: u64 = 60;
+
+/// One over-limit answer the pre-check remembers: `check` indexes the
+/// checks, `hold_ns` is how long it holds, `limit` the service's numbers
+/// when it gave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub check: usize,
+    pub hold_ns: u64,
+    pub limit: Option<Limit>,
+}
+
+/// A service's `current_limit` as the pre-check keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Limit {
+    /// `requests_per_unit`.
+    pub requests: u32,
+    /// The unit, seconds.
+    pub window_secs: u32,
+    /// The limit's name; empty when the service gave none (the rule's name
+    /// stands in) or it is longer than [`MAX_HELD_NAME`].
+    pub name: String,
+}
+
+/// The longest limit name a pre-check record keeps, bytes.
+pub const MAX_HELD_NAME: usize = 64;
+
+/// A pre-check slot's value in shared data (24 bytes and the limit's name):
+/// the descriptor's fingerprint, until when it is held (host clock, ns),
+/// and the service's limit (window 0 when it gave none), for the RateLimit
+/// fields of the rejections the pre-check answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRecord {
+    pub owner: u64,
+    pub until_ns: u64,
+    pub limit: Limit,
+}
+
+impl Codec for HoldRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + self.limit.name.len());
+        v.extend_from_slice(&self.owner.to_le_bytes());
+        v.extend_from_slice(&self.until_ns.to_le_bytes());
+        v.extend_from_slice(&self.limit.requests.to_le_bytes());
+        v.extend_from_slice(&self.limit.window_secs.to_le_bytes());
+        v.extend_from_slice(self.limit.name.as_bytes());
+        v
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 24 || bytes.len() > 24 + MAX_HELD_NAME {
+            return None;
+        }
+        Some(HoldRecord {
+            owner: u64::decode(&bytes[..8])?,
+            until_ns: u64::decode(&bytes[8..16])?,
+            limit: Limit {
+                requests: u32::decode(&bytes[16..20])?,
+                window_secs: u32::decode(&bytes[20..24])?,
+                name: String::from_utf8(bytes[24..].to_vec()).ok()?,
+            },
+        })
+    }
+}
+
+impl HoldRecord {
+    /// The numbers of a rejection the pre-check answers at `now_ns` for the
+    /// rule named `rule` (the name when the service's limit has none), as
+    /// the service's own rejection gave them; `None` when it gave no limit.
+    pub fn quota(&self, rule: &str, now_ns: u64) -> Option<Quota> {
+        let l = &self.limit;
+        if l.window_secs == 0 {
+            return None;
+        }
+        let reset_secs = ceil_secs(self.until_ns.saturating_sub(now_ns)).max(1);
+        Some(Quota {
+            name: if l.name.is_empty() {
+                rule.to_string()
+            } else {
+                l.name.clone()
+            },
+            quota: u64::from(l.requests),
+            window_secs: u64::from(l.window_secs),
+            remaining: 0,
+            reset_secs,
+            retry_after_secs: reset_secs,
+        })
+    }
+}
+
+/// `duration_until_reset` in ns, saturating (negative parts count as 0).
+fn reset_ns(d: &switchyard_proto::prost_types::Duration) -> u64 {
+    u64::try_from(d.seconds)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(d.nanos).unwrap_or(0))
+}
+
+/// Enforce descriptors the service said are over limit, when it rejected
+/// the request (`OVER_LIMIT` overall), with how long they stay so: the
+/// local pre-check answers for them until then. A status without a
+/// duration is not remembered (nothing says when it ends). The hold is at
+/// most the limit's unit (a window resets within it), or
+/// [`PRECHECK_MAX_HOLD_SECS`] without one: one absurd answer must not lock
+/// a client out until Envoy restarts. An `OK` overall with descriptors over
+/// limit (envoyproxy/ratelimit's global shadow mode) holds nothing: the
+/// service let the request through.
+pub fn over_limit_until(resp: &RateLimitResponse, checks: &[GlobalCheck]) -> Vec<Hold> {
+    use rate_limit_response::Code;
+    if resp.statuses.len() != checks.len() || resp.overall_code != Code::OverLimit as i32 {
         return Vec::new();
     }
     checks
         .iter()
         .zip(&resp.statuses)
         .enumerate()
-        .filter(|(_, (c, s))| {
-            c.mode == Mode::Enforce && s.code == rate_limit_response::Code::OverLimit as i32
-        })
+        .filter(|(_, (c, s))| c.mode == Mode::Enforce && s.code == Code::OverLimit as i32)
         .filter_map(|(i, (_, s))| {
-            let d = s.duration_until_reset.as_ref()?;
-            let ns = u64::try_from(d.seconds)
-                .ok()?
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::try_from(d.nanos).ok()?);
-            (ns > 0).then_some((i, ns))
+            let ns = reset_ns(s.duration_until_reset.as_ref()?);
+            let limit = s.current_limit.as_ref().and_then(|l| {
+                Some(Limit {
+                    requests: l.requests_per_unit,
+                    window_secs: u32::try_from(unit_secs(l.unit)?).unwrap_or(u32::MAX),
+                    name: if l.name.len() <= MAX_HELD_NAME {
+                        l.name.clone()
+                    } else {
+                        String::new()
+                    },
+                })
+            });
+            let cap_secs = limit
+                .as_ref()
+                .map_or(PRECHECK_MAX_HOLD_SECS, |l| u64::from(l.window_secs));
+            let hold_ns = ns.min(cap_secs.saturating_mul(1_000_000_000));
+            (hold_ns > 0).then_some(Hold {
+                check: i,
+                hold_ns,
+                limit,
+            })
         })
         .collect()
 }
@@ -119,14 +239,12 @@ fn unit_secs(unit: i32) -> Option<u64> {
 fn quota(name: &str, status: &rate_limit_response::DescriptorStatus) -> Option<Quota> {
     let limit = status.current_limit.as_ref()?;
     let window_secs = unit_secs(limit.unit)?;
+    // A window resets within its unit: a longer answer is capped (and an
+    // absurd one no longer wraps around to a short `retry-after`).
     let reset_secs = status
         .duration_until_reset
         .as_ref()
-        .map(|d| {
-            let ns = u64::try_from(d.seconds).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(d.nanos).unwrap_or(0);
-            ceil_secs(ns)
-        })
+        .map(|d| ceil_secs(reset_ns(d)).min(window_secs))
         .unwrap_or(window_secs);
     let over = status.code == rate_limit_response::Code::OverLimit as i32;
     Some(Quota {
@@ -319,6 +437,55 @@ mod tests {
     }
 
     #[test]
+    fn an_ok_answer_holds_nothing_whatever_its_descriptors_say() {
+        // envoyproxy/ratelimit's global shadow mode: descriptor OVER_LIMIT,
+        // overall OK. The service let the request through; on the old rule
+        // the pre-check rejected the next 30 s of the client's requests.
+        let checks = [check(0, Mode::Enforce)];
+        let r = resp(false, vec![status(true, 0)]);
+        assert!(over_limit_until(&r, &checks).is_empty());
+        assert!(matches!(
+            interpret(&r, &checks),
+            GlobalVerdict::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn absurd_reset_durations_are_capped_not_wrapped() {
+        let checks = [check(0, Mode::Enforce)];
+        for seconds in [18_446_744_074, 3_153_600_000, i64::MAX] {
+            let mut s = status(true, 0);
+            s.duration_until_reset = Some(prost_types_duration(seconds, 999_999_999));
+            let r = resp(true, vec![s.clone()]);
+            // Held for the limit's unit (a minute) at most.
+            assert_eq!(over_limit_until(&r, &checks)[0].hold_ns, 60_000_000_000);
+            // Told to retry after that minute: on the old arithmetic
+            // 18 446 744 074 s wrapped around to `retry-after: 1`.
+            match interpret(&r, &checks) {
+                GlobalVerdict::Reject { quota: Some(q), .. } => {
+                    assert_eq!((q.reset_secs, q.retry_after_secs), (60, 60), "{seconds}");
+                }
+                other => panic!("{other:?}"),
+            }
+            // Without a unit: held for at most PRECHECK_MAX_HOLD_SECS.
+            s.current_limit = None;
+            let r = resp(true, vec![s]);
+            assert_eq!(
+                over_limit_until(&r, &checks)[0],
+                Hold {
+                    check: 0,
+                    hold_ns: PRECHECK_MAX_HOLD_SECS * 1_000_000_000,
+                    limit: None,
+                }
+            );
+        }
+        // Negative parts count as 0: nothing to hold.
+        let mut s = status(true, 0);
+        s.duration_until_reset = Some(prost_types_duration(-5, -1));
+        assert!(over_limit_until(&resp(true, vec![s]), &checks).is_empty());
+    }
+
+    #[test]
     fn over_limit_descriptors_are_remembered_for_their_reset_time() {
         let checks = [
             check(0, Mode::Enforce),
@@ -328,7 +495,18 @@ mod tests {
         let mut no_duration = status(true, 0);
         no_duration.duration_until_reset = None;
         let r = resp(true, vec![status(true, 0), status(true, 0), no_duration]);
-        assert_eq!(over_limit_until(&r, &checks), [(0, 12_500_000_000)]);
+        assert_eq!(
+            over_limit_until(&r, &checks),
+            [Hold {
+                check: 0,
+                hold_ns: 12_500_000_000,
+                limit: Some(Limit {
+                    requests: 10,
+                    window_secs: 60,
+                    name: String::new(),
+                }),
+            }]
+        );
         assert!(over_limit_until(&resp(true, vec![]), &checks).is_empty());
         let a = descriptor_key("d", &[("k".into(), "ab".into())]);
         let b = descriptor_key("d", &[("ka".into(), "b".into())]);

@@ -61,14 +61,18 @@ impl Quota {
 
     /// The rejection's JSON body.
     pub fn body(&self) -> Vec<u8> {
-        serde_json::json!({
-            "error": "rate_limited",
-            "policy": self.name,
-            "retry_after": self.retry_after_secs,
-        })
-        .to_string()
-        .into_bytes()
+        rejection_body(&self.name, self.retry_after_secs)
     }
+}
+
+/// A rejection's JSON body: `{"error":"rate_limited","policy":<name>,
+/// "retry_after":<secs>}` (the name JSON-escaped: a service's limit names
+/// are not validated).
+pub fn rejection_body(policy: &str, retry_after_secs: u64) -> Vec<u8> {
+    // A `str` always serialises; the fallback only keeps the body valid JSON.
+    let name = serde_json::to_string(policy).unwrap_or_else(|_| "\"\"".to_string());
+    format!(r#"{{"error":"rate_limited","policy":{name},"retry_after":{retry_after_secs}}}"#)
+        .into_bytes()
 }
 
 /// Keeps a name inside an sf-string: printable ASCII without `"` and `\`
@@ -118,6 +122,11 @@ mod tests {
             body,
             serde_json::json!({"error": "rate_limited", "policy": "per-client", "retry_after": 1})
         );
+        // A service's name with quotes and control bytes stays valid JSON.
+        let odd: serde_json::Value =
+            serde_json::from_slice(&rejection_body("a\"b\r\n", 7)).unwrap();
+        assert_eq!(odd["policy"], "a\"b\r\n");
+        assert_eq!(odd["retry_after"], 7);
         let h = rejection_headers(&q, true);
         assert_eq!(h[0], ("retry-after", "1".to_string()));
         assert_eq!(h.len(), 3);

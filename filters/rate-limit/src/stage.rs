@@ -7,9 +7,9 @@
 use crate::config::{FailureMode, Global, Mode, Scope};
 use crate::decide::{Check, SlotRef, StoreError, decide};
 use crate::filter::Filter;
-use crate::gcra::{Bucket, ceil_secs};
-use crate::global::{self, GlobalCheck, GlobalVerdict};
-use crate::headers::{Quota, rejection_headers};
+use crate::gcra::ceil_secs;
+use crate::global::{self, GlobalCheck, GlobalVerdict, HoldRecord};
+use crate::headers::{Quota, rejection_body, rejection_headers};
 use crate::request::{self, Request, RequestSource};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -177,9 +177,11 @@ impl Stage for RateLimit {
 /// Sends the RLS request and pauses; the answer decides. A descriptor the
 /// service recently said is over limit is rejected right here.
 fn ask_service(f: &Rc<Filter>, ex: &mut Exchange, g: &Global, checks: Vec<GlobalCheck>) -> Flow {
-    if let Some((name, wait_ns)) = precheck(f, ex, g, &checks) {
+    if let Some((name, hold, now)) = precheck(f, ex, g, &checks) {
         f.metrics.rls_precheck_limited.inc();
-        return reject(f, ex, &name, None, ceil_secs(wait_ns));
+        let quota = hold.quota(&name, now);
+        let wait_secs = ceil_secs(hold.until_ns.saturating_sub(now));
+        return reject(f, ex, &name, quota.as_ref(), wait_secs);
     }
     let message = global::request(&g.domain, &checks);
     let filter = Rc::clone(f);
@@ -211,11 +213,15 @@ fn on_service_answer(
     };
     if let (Some(table), Some(g)) = (&f.precheck, &f.config.global) {
         let now = ex.now_nanos();
-        for (i, ns) in global::over_limit_until(&resp, checks) {
-            let slot = table.slot(&global::descriptor_key(&g.domain, &checks[i].entries));
-            let until = Bucket {
+        for hold in global::over_limit_until(&resp, checks) {
+            let Some(c) = checks.get(hold.check) else {
+                continue;
+            };
+            let slot = table.slot(&global::descriptor_key(&g.domain, &c.entries));
+            let until = HoldRecord {
                 owner: slot.fingerprint,
-                tat_ns: now.saturating_add(ns),
+                until_ns: now.saturating_add(hold.hold_ns),
+                limit: hold.limit.unwrap_or_default(),
             };
             // Advisory: last writer wins; a lost write only costs a call.
             if let Err(e) = SharedValue::new(slot.shared_key).set(&until) {
@@ -244,14 +250,15 @@ fn on_service_answer(
 }
 
 /// A remembered over-limit answer for one of the enforce descriptors: the
-/// rule's name and how long it still holds (ns). Only an exact fingerprint
-/// match counts: another descriptor in the slot means "ask the service".
+/// rule's name, the record and the clock it was read at. Only an exact
+/// fingerprint match counts: another descriptor in the slot means "ask the
+/// service".
 fn precheck(
     f: &Filter,
     ex: &mut Exchange,
     g: &Global,
     checks: &[GlobalCheck],
-) -> Option<(String, u64)> {
+) -> Option<(String, HoldRecord, u64)> {
     let table = f.precheck.as_ref()?;
     let now = ex.now_nanos();
     checks
@@ -259,9 +266,11 @@ fn precheck(
         .filter(|c| c.mode == Mode::Enforce)
         .find_map(|c| {
             let slot = table.slot(&global::descriptor_key(&g.domain, &c.entries));
-            let b = SharedValue::<Bucket>::new(slot.shared_key).get().ok()??;
-            (b.owner == slot.fingerprint && b.tat_ns > now)
-                .then(|| (c.name.clone(), b.tat_ns - now))
+            let h = SharedValue::<HoldRecord>::new(slot.shared_key)
+                .get()
+                .ok()??;
+            (h.owner == slot.fingerprint && h.until_ns > now)
+                .then(|| (c.name.clone(), (*h).clone(), now))
         })
 }
 
@@ -292,7 +301,13 @@ fn service_failed(f: &Filter, ex: &mut Exchange, e: &CalloutError) -> Flow {
             Flow::Continue
         }
         FailureMode::Closed => {
-            ex.state::<State>().rejected = true;
+            let s = ex.state::<State>();
+            s.rejected = true;
+            // As `allow` and `reject` do: a shadow rule over its limit
+            // counts whatever happens to the request.
+            if s.shadow_limited {
+                f.metrics.shadow_limited.inc();
+            }
             ex.decisions.rate_limit = Some("error".into());
             f.metrics.limited.inc();
             ex.reply(
@@ -343,9 +358,7 @@ fn reject(
             let secs = retry_after_secs.max(1);
             (
                 vec![("retry-after", secs.to_string())],
-                serde_json::json!({"error": "rate_limited", "policy": name, "retry_after": secs})
-                    .to_string()
-                    .into_bytes(),
+                rejection_body(name, secs),
             )
         }
     };

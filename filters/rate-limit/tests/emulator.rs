@@ -349,6 +349,32 @@ fn service_failure_follows_the_failure_mode() {
 }
 
 #[test]
+fn a_shadow_rule_over_its_limit_counts_when_the_service_fails_closed() {
+    let config = GLOBAL.replace("FAILURE", "closed").replace(
+        r#""rules": ["#,
+        r#""rules": [{"name": "s", "mode": "shadow",
+             "limit": {"requests": 1, "per": "minute", "burst": 1}},"#,
+    );
+    let host = host(&config);
+    let w = host.start_worker();
+    for i in 0..3 {
+        let (s, _) = send(&w, "10.0.0.3:9", &[]);
+        let token = host.grpc_calls()[0].token;
+        host.respond_grpc_call(
+            token,
+            GrpcOutcome::Status {
+                code: 14,
+                message: "unavailable".into(),
+            },
+        );
+        s.expect_local_response(500);
+        // The first request is within the shadow rule's burst; on the old
+        // code the later ones were not counted.
+        assert_eq!(metric(&host, "shadow_limited"), i, "request {i}");
+    }
+}
+
+#[test]
 fn unknown_rls_cluster_fails_at_dispatch_per_failure_mode() {
     for (mode, expect) in [("open", Action::Continue), ("closed", Action::Pause)] {
         let host = Host::new(switchyard_rate_limit::init)
@@ -378,6 +404,16 @@ fn over_limit_answers_are_remembered_until_the_services_reset() {
     assert!(host.grpc_calls().is_empty());
     let r = s.expect_local_response(429);
     assert_eq!(r.header("retry-after").as_deref(), Some("30"));
+    // With the service's numbers, as its own rejection had them (the old
+    // pre-check answered with `retry-after` alone).
+    assert_eq!(
+        r.header("ratelimit-policy").as_deref(),
+        Some(r#""edge-api";q=20;w=60"#)
+    );
+    assert_eq!(
+        r.header("ratelimit").as_deref(),
+        Some(r#""edge-api";r=0;t=30"#)
+    );
     assert_eq!(metric(&host, "rls_precheck_limited"), 1);
     // Another client is not affected.
     let (_, action) = send(&b, "10.0.0.4:9", &[]);
