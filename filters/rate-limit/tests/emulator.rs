@@ -2,7 +2,7 @@
 //! several workers share buckets, time refills them, the RLS callout path.
 
 use std::time::Duration;
-use switchyard_emulator::{Action, GrpcOutcome, Host, Stream, Worker};
+use switchyard_emulator::{Action, GrpcOutcome, Host, LocalResponse, Stream, Worker};
 use switchyard_proto::Message;
 use switchyard_proto::rls::{RateLimitRequest, RateLimitResponse, rate_limit_response};
 
@@ -30,6 +30,13 @@ fn send(worker: &Worker, peer: &str, extra: &[(&str, &str)]) -> (Stream, Action)
     headers.extend_from_slice(extra);
     let action = stream.request_headers(&headers, true);
     (stream, action)
+}
+
+/// A rejection's `retry-after`, `RateLimit-Policy` and `RateLimit`.
+fn assert_rejection_fields(r: &LocalResponse, retry_after: &str, policy: &str, state: &str) {
+    assert_eq!(r.header("retry-after").as_deref(), Some(retry_after));
+    assert_eq!(r.header("ratelimit-policy").as_deref(), Some(policy));
+    assert_eq!(r.header("ratelimit").as_deref(), Some(state));
 }
 
 fn allowed(worker: &Worker, peer: &str, extra: &[(&str, &str)]) -> bool {
@@ -66,14 +73,11 @@ fn burst_then_429_with_headers_and_json() {
     let (stream, action) = send(&w, "10.0.0.1:1000", &[]);
     assert_eq!(action, Action::Pause);
     let r = stream.expect_local_response(429);
-    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    assert_eq!(
-        r.header("ratelimit-policy").as_deref(),
-        Some(r#""per-client";q=10;w=1"#)
-    );
-    assert_eq!(
-        r.header("ratelimit").as_deref(),
-        Some(r#""per-client";r=0;t=1"#)
+    assert_rejection_fields(
+        &r,
+        "1",
+        r#""per-client";q=10;w=1"#,
+        r#""per-client";r=0;t=1"#,
     );
     assert_eq!(
         r.header("content-type").as_deref(),
@@ -322,20 +326,26 @@ fn global_mode_asks_the_service_and_follows_its_answer() {
     assert_eq!(metric(&host, "limited"), 1);
 }
 
+/// A request from 10.0.0.3 whose RLS call fails (gRPC UNAVAILABLE).
+fn send_unavailable(host: &Host, w: &Worker) -> Stream {
+    let (s, _) = send(w, "10.0.0.3:9", &[]);
+    let token = host.grpc_calls()[0].token;
+    host.respond_grpc_call(
+        token,
+        GrpcOutcome::Status {
+            code: 14,
+            message: "unavailable".into(),
+        },
+    );
+    s
+}
+
 #[test]
 fn service_failure_follows_the_failure_mode() {
     for (mode, expect_allowed) in [("open", true), ("closed", false)] {
         let host = global_host(mode);
         let w = host.start_worker();
-        let (s, _) = send(&w, "10.0.0.3:9", &[]);
-        let token = host.grpc_calls()[0].token;
-        host.respond_grpc_call(
-            token,
-            GrpcOutcome::Status {
-                code: 14,
-                message: "unavailable".into(),
-            },
-        );
+        let s = send_unavailable(&host, &w);
         assert_eq!(metric(&host, "rls_errors"), 1, "{mode}");
         if expect_allowed {
             assert!(s.request_resumed(), "{mode}");
@@ -358,15 +368,7 @@ fn a_shadow_rule_over_its_limit_counts_when_the_service_fails_closed() {
     let host = host(&config);
     let w = host.start_worker();
     for i in 0..3 {
-        let (s, _) = send(&w, "10.0.0.3:9", &[]);
-        let token = host.grpc_calls()[0].token;
-        host.respond_grpc_call(
-            token,
-            GrpcOutcome::Status {
-                code: 14,
-                message: "unavailable".into(),
-            },
-        );
+        let s = send_unavailable(&host, &w);
         s.expect_local_response(500);
         // The first request is within the shadow rule's burst; on the old
         // code the later ones were not counted.
@@ -403,16 +405,13 @@ fn over_limit_answers_are_remembered_until_the_services_reset() {
     assert_eq!(action, Action::Pause);
     assert!(host.grpc_calls().is_empty());
     let r = s.expect_local_response(429);
-    assert_eq!(r.header("retry-after").as_deref(), Some("30"));
     // With the service's numbers, as its own rejection had them (the old
     // pre-check answered with `retry-after` alone).
-    assert_eq!(
-        r.header("ratelimit-policy").as_deref(),
-        Some(r#""edge-api";q=20;w=60"#)
-    );
-    assert_eq!(
-        r.header("ratelimit").as_deref(),
-        Some(r#""edge-api";r=0;t=30"#)
+    assert_rejection_fields(
+        &r,
+        "30",
+        r#""edge-api";q=20;w=60"#,
+        r#""edge-api";r=0;t=30"#,
     );
     assert_eq!(metric(&host, "rls_precheck_limited"), 1);
     // Another client is not affected.
