@@ -67,10 +67,12 @@ impl HeaderMap {
         self.spans.is_empty()
     }
 
-    /// The first value of `name`; `None` when absent.
+    /// The first value of `name`; `None` when absent. `host` names
+    /// `:authority` too, as in Envoy's header maps and route matchers (an
+    /// HTTP/1 `Host` arrives as `:authority`).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .find(|(k, _)| Self::is_named(k, name))
             .map(|(_, v)| v)
     }
 
@@ -84,10 +86,11 @@ impl HeaderMap {
         self.get(name).is_some()
     }
 
-    /// Every value of `name`, in arrival order.
+    /// Every value of `name`, in arrival order (`host`: `:authority`'s and
+    /// any literal `host`'s).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .filter(move |(k, _)| Self::is_named(k, name))
             .map(|(_, v)| v)
     }
 
@@ -105,6 +108,13 @@ impl HeaderMap {
             }
         }
         out
+    }
+
+    /// Whether header `key` answers to `name` (ASCII case-insensitive; `host`
+    /// is `:authority`).
+    fn is_named(key: &[u8], name: &str) -> bool {
+        key.eq_ignore_ascii_case(name.as_bytes())
+            || (key == b":authority" && name.eq_ignore_ascii_case("host"))
     }
 
     /// The value of cookie `name`, looking through every `Cookie` line
@@ -243,6 +253,15 @@ mod tests {
             ]
         );
         assert!(HeaderMap::from_wire(vec![9, 0, 0, 0, 1]).is_none());
+    }
+
+    #[test]
+    fn host_names_the_authority() {
+        let m = map(&[(":authority", "h.test"), ("x-a", "1")]);
+        assert_eq!(m.get("host"), Some(&b"h.test"[..]));
+        assert_eq!(m.get("Host"), Some(&b"h.test"[..]));
+        assert!(m.contains("host"));
+        assert_eq!(map(&[("x-a", "1")]).get("host"), None);
     }
 
     #[test]

@@ -347,8 +347,10 @@ fn path(request: &HeaderMap) -> Option<&[u8]> {
 }
 
 /// `path` with the values of the query parameters named in `names`
-/// (ASCII case-insensitive, also when percent-encoded names differ only in
-/// case) replaced by `marker`; borrowed when nothing is redacted.
+/// replaced by `marker`; borrowed when nothing is redacted. A name matches
+/// as a backend would read it: percent-decoded (`access%5Ftoken`), ASCII
+/// case-insensitive, with a trailing array suffix dropped (`token[]`,
+/// `token[0]`); parameters split at `&` and `;` (older servers take both).
 pub fn redact_query<'a>(path: &'a [u8], names: &[String], marker: &str) -> Cow<'a, [u8]> {
     let Some(q) = path.iter().position(|b| *b == b'?') else {
         return Cow::Borrowed(path);
@@ -358,20 +360,29 @@ pub fn redact_query<'a>(path: &'a [u8], names: &[String], marker: &str) -> Cow<'
     let end = query.iter().position(|b| *b == b'#').unwrap_or(query.len());
     let (query, fragment) = query.split_at(end);
     let secret = |param: &[u8]| {
-        let name = param.split(|b| *b == b'=').next().unwrap_or_default();
+        let raw = param.split(|b| *b == b'=').next().unwrap_or_default();
+        let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+        let name = match decoded.iter().position(|b| *b == b'[') {
+            Some(i) if decoded.ends_with(b"]") => &decoded[..i],
+            _ => &decoded[..],
+        };
         param.contains(&b'=')
             && names
                 .iter()
                 .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
     };
-    if !query.split(|b| *b == b'&').any(secret) {
+    let separator = |b: &u8| *b == b'&' || *b == b';';
+    if !query.split(separator).any(secret) {
         return Cow::Borrowed(path);
     }
     let mut out = head.to_vec();
-    for (i, param) in query.split(|b| *b == b'&').enumerate() {
-        if i > 0 {
-            out.push(b'&');
+    let mut at: usize = 0;
+    for param in query.split(separator) {
+        // The separator before this parameter, as it was.
+        if let Some(&sep) = at.checked_sub(1).and_then(|i| query.get(i)) {
+            out.push(sep);
         }
+        at += param.len() + 1;
         if secret(param) {
             let name_len = param.iter().position(|b| *b == b'=').unwrap_or(param.len());
             out.extend_from_slice(&param[..=name_len.min(param.len() - 1)]);
@@ -943,6 +954,12 @@ mod tests {
             "names match whole; no value: kept"
         );
         assert_eq!(r("/plain"), "/plain");
+        // As a backend decodes the names (each was logged in clear before).
+        assert_eq!(r("/a?access%5Ftoken=s1&x=1"), "/a?access%5Ftoken=[R]&x=1");
+        assert_eq!(r("/a?%61ccess_token=s2"), "/a?%61ccess_token=[R]");
+        assert_eq!(r("/a?access_token[]=s3"), "/a?access_token[]=[R]");
+        assert_eq!(r("/a?x=1;password=s4;y=2"), "/a?x=1;password=[R];y=2");
+        assert_eq!(r("/a?tokens[]=1"), "/a?tokens[]=1", "other names kept");
         assert!(matches!(
             redact_query(b"/a?x=1", &names, "[R]"),
             Cow::Borrowed(_)

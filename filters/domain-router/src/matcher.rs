@@ -87,11 +87,15 @@ impl HeaderMatch {
     /// Whether the request satisfies this matcher. A repeated header
     /// matches when any of its values does (as Envoy's route matcher was
     /// observed to: `x-tier: free` then `x-tier: premium` matches `exact:
-    /// premium`); `invert` negates the whole result.
+    /// premium`); `invert` negates the result. A missing header matches no
+    /// value matcher, inverted or not: as in Envoy's
+    /// `HeaderUtility::matchHeaders` (without `treat_missing_header_as_empty`),
+    /// only `present` speaks of absence.
     pub fn matches(&self, request: &dyn RequestView) -> bool {
         let values = request.header_values(&self.name);
         let hit = match &self.value {
             ValueMatch::Present(want) => values.is_empty() != *want,
+            _ if values.is_empty() => return false,
             ValueMatch::Exact(e) => values.iter().any(|v| v == e),
             ValueMatch::Prefix(p) => values.iter().any(|v| v.starts_with(p)),
             ValueMatch::Regex(re) => values.iter().any(|v| regex_matches(re, v)),
@@ -184,6 +188,30 @@ pub(crate) mod tests {
         let inverted = HeaderMatch { invert: true, ..m };
         assert!(!inverted.matches(&both));
         assert!(inverted.matches(&free));
+        // Missing: no value matcher matches, inverted or not (Envoy's
+        // route matcher; the old rule matched the inverted one).
+        let none = FakeRequest::new("GET", "/", &[]);
+        for value in [
+            ValueMatch::Exact(b"premium".to_vec()),
+            ValueMatch::Prefix(b"p".to_vec()),
+        ] {
+            for invert in [false, true] {
+                let m = HeaderMatch {
+                    name: "x-tier".into(),
+                    value: value.clone(),
+                    invert,
+                };
+                assert!(!m.matches(&none), "{m:?}");
+            }
+        }
+        // `present` speaks of absence: inverted, a missing header matches.
+        let present = HeaderMatch {
+            name: "x-tier".into(),
+            value: ValueMatch::Present(true),
+            invert: true,
+        };
+        assert!(present.matches(&none));
+        assert!(!present.matches(&free));
     }
 
     #[test]
