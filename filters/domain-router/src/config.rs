@@ -73,9 +73,16 @@ pub struct Control {
     pub authority: Option<String>,
     pub poll_interval_ms: u64,
     pub timeout_ms: u64,
-    /// Larger answers are rejected as bad tables.
+    /// Larger answers are rejected as bad tables. Envoy itself ends an
+    /// HTTP callout whose answer is over [`ENVOY_CALLOUT_BODY_LIMIT`], so a
+    /// larger value is accepted but never reached (a warning says so).
     pub max_table_bytes: usize,
 }
+
+/// The largest answer body Envoy delivers to an HTTP callout (its async
+/// client's buffer): 32 MiB. A larger answer ends as "no response" (seen
+/// with Envoy 1.40: a 31 MiB table loads, a 33 MiB one never does).
+pub const ENVOY_CALLOUT_BODY_LIMIT: usize = 32 << 20;
 
 impl Default for Control {
     fn default() -> Self {
@@ -85,7 +92,7 @@ impl Default for Control {
             authority: None,
             poll_interval_ms: 5_000,
             timeout_ms: 2_000,
-            max_table_bytes: 64 << 20,
+            max_table_bytes: ENVOY_CALLOUT_BODY_LIMIT,
         }
     }
 }

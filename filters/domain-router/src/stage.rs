@@ -33,6 +33,16 @@ pub const SPEC: StageSpec = StageSpec {
 fn build(config: Source<'_>, _: &Setup) -> Result<Box<dyn Stage>, ConfigError> {
     let config: Config = switchyard_sdk::config::parse(config)?;
     let core = Core::new(config).map_err(|e| ConfigError::new("", e))?;
+    if let Some(c) = &core.config.control
+        && c.max_table_bytes > crate::config::ENVOY_CALLOUT_BODY_LIMIT
+    {
+        log::warn!(
+            "{}: control.max_table_bytes {} is above the {} bytes Envoy delivers to a callout: a larger table ends as \"no response\"",
+            crate::core::FILTER,
+            c.max_table_bytes,
+            crate::config::ENVOY_CALLOUT_BODY_LIMIT
+        );
+    }
     let (router, _) = core.current();
     if router.domain_count() > 0 {
         log::info!(
@@ -180,7 +190,8 @@ impl DomainRouter {
             .authority(control.authority.as_deref().unwrap_or(&control.cluster))
             .timeout(Duration::from_millis(control.timeout_ms))
             .header("accept", "application/json");
-        if !etag.is_empty() {
+        let conditional = !etag.is_empty();
+        if conditional {
             req = req.header("if-none-match", &etag);
         }
         // The job spaces polls; the clock only guards this VM's own one.
@@ -192,7 +203,21 @@ impl DomainRouter {
         );
         let sent = root.callouts.http(req, move |result| {
             clock.borrow_mut().finished();
+            let cluster = core
+                .config
+                .control
+                .as_ref()
+                .map_or("", |c| c.cluster.as_str());
             match result {
+                // Only a 200 carries a whole table (a 204 has none, a 206
+                // a part of one).
+                Ok(resp) if resp.status != 200 => {
+                    core.metrics.poll_errors.inc();
+                    log::warn!(
+                        "{FILTER}: the control endpoint (cluster {cluster}) answered {} without a table: only 200 carries one",
+                        resp.status
+                    );
+                }
                 Ok(resp) => {
                     let etag = resp
                         .header("etag")
@@ -216,17 +241,26 @@ impl DomainRouter {
                         log::debug!("{FILTER}: recording the answer: {e}");
                     }
                 }
-                Err(CalloutError::Status(r)) if r.status == 304 => {
+                Err(CalloutError::Status(r)) if r.status == 304 && conditional => {
                     log::debug!("{FILTER}: table not modified");
+                }
+                Err(CalloutError::Status(r)) if r.status == 304 => {
+                    // Not Modified, to a request without If-None-Match: there
+                    // is no table to keep, so requests stay unrouted.
+                    core.metrics.poll_errors.inc();
+                    log::warn!(
+                        "{FILTER}: the control endpoint (cluster {cluster}) answered 304 to an unconditional poll: no table yet"
+                    );
                 }
                 Err(e) => {
                     core.metrics.poll_errors.inc();
+                    let hint = if matches!(e, CalloutError::NoResponse) {
+                        "; an answer over 32 MiB (Envoy's limit for a callout) also ends so"
+                    } else {
+                        ""
+                    };
                     log::warn!(
-                        "{FILTER}: polling the control endpoint (cluster {}) failed: {e}",
-                        core.config
-                            .control
-                            .as_ref()
-                            .map_or("", |c| c.cluster.as_str())
+                        "{FILTER}: polling the control endpoint (cluster {cluster}) failed: {e}{hint}"
                     );
                 }
             }

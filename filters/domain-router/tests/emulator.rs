@@ -358,6 +358,39 @@ fn large_tables_travel_in_chunks_and_a_torn_read_is_retried() {
 }
 
 #[test]
+fn a_304_to_an_unconditional_poll_and_a_206_are_poll_errors() {
+    let host = Host::new(switchyard_domain_router::init)
+        .plugin_config(plugin(CONTROL))
+        .build();
+    let w = host.start_worker();
+    w.tick();
+    // Nothing polled before: no If-None-Match, so a 304 keeps nothing. On
+    // the old rule it went by with a debug line and no counter.
+    let call = host.expect_http_call("control");
+    assert_eq!(call.header("if-none-match"), None);
+    w.respond_http_call(call.token, CallOutcome::status(304, ""));
+    assert_eq!(host.metric("switchyard.domain-router.poll_errors"), Some(1));
+    host.expect_log_contains("answered 304 to an unconditional poll");
+    // A 206 (part of a body) is no table, whatever it holds: on the old
+    // rule it was installed.
+    host.advance(std::time::Duration::from_millis(1000));
+    w.tick();
+    let call = host.expect_http_call("control");
+    w.respond_http_call(
+        call.token,
+        CallOutcome::response(206, &[], table_routing("shop.example.com", "partial", 2)),
+    );
+    assert_eq!(host.metric("switchyard.domain-router.poll_errors"), Some(2));
+    assert_eq!(host.metric("switchyard.domain-router.reloads"), Some(0));
+    let s = get(&w, "shop.example.com", "/", &[]);
+    assert_eq!(
+        s.request_header("x-switchyard-cluster").as_deref(),
+        Some("shop"),
+        "the inline table stays"
+    );
+}
+
+#[test]
 fn unreachable_control_endpoint_keeps_the_inline_table() {
     let host = Host::new(switchyard_domain_router::init)
         .plugin_config(plugin(CONTROL))
