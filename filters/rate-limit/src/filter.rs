@@ -49,6 +49,12 @@ pub struct Filter {
     pub config: Config,
     /// Per rule: its GCRA rate (local rules only).
     pub rates: Vec<Option<Rate>>,
+    /// Per rule: the name its buckets are keyed by, the rule's name and its
+    /// rate. A configuration that changes a rule's limit starts its buckets
+    /// full, as Envoy's local_ratelimit does with a new config (a client
+    /// carried over at its old limit stayed blocked when the limit was
+    /// raised); an unchanged rule keeps its clients' state across updates.
+    pub bucket_names: Vec<String>,
     pub slots: SlotTable,
     /// Global mode's memory of over-limit descriptors (`None`: off).
     pub precheck: Option<SlotTable>,
@@ -68,6 +74,15 @@ impl Filter {
                 )),
                 _ => None,
             })
+            .collect::<Vec<Option<Rate>>>();
+        let bucket_names = config
+            .rules
+            .iter()
+            .zip(&rates)
+            .map(|(r, rate)| match rate {
+                Some(t) => format!("{}\u{0}{}/{}", r.name, t.interval_ns, t.burst),
+                None => r.name.clone(),
+            })
             .collect();
         let slots = SlotTable::new(config.shared_prefix.as_str(), config.slots);
         let precheck = config
@@ -78,6 +93,7 @@ impl Filter {
         Filter {
             config,
             rates,
+            bucket_names,
             slots,
             precheck,
             metrics: Metrics::new(),

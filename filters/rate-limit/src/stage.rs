@@ -94,7 +94,8 @@ impl Stage for RateLimit {
                 };
                 match (rule.scope, f.rates.get(i).copied().flatten()) {
                     (Scope::Local, Some(rate)) => {
-                        let slot = f.slots.slot(&request::local_key(&rule.name, &parts));
+                        let name = f.bucket_names.get(i).unwrap_or(&rule.name);
+                        let slot = f.slots.slot(&request::local_key(name, &parts));
                         checks.push(Check {
                             rule: i,
                             slot: SlotRef {

@@ -114,6 +114,48 @@ fn workers_share_one_bucket_and_time_refills_it() {
     assert_eq!(again, 5);
 }
 
+/// The process's shared data after `old`, under a new configuration (a
+/// config update: new VMs, the same shared data and clock).
+fn updated(old: &Host, config: &str) -> Host {
+    let new = host(config);
+    new.set_time(old.now());
+    for key in old.shared_keys_ending("") {
+        if let Some((value, _)) = old.shared_data(&key) {
+            new.set_shared_data(&key, value);
+        }
+    }
+    new
+}
+
+#[test]
+fn a_changed_limit_starts_full_and_an_unchanged_one_carries_over() {
+    let rule = |n: u32| {
+        format!(
+            r#"{{"rules": [{{"name": "per-client", "key": [{{"type": "client_address"}}],
+                "limit": {{"requests": {n}, "per": "hour", "burst": {n}}}}}]}}"#
+        )
+    };
+    let v1 = host(&rule(5));
+    let w = v1.start_worker();
+    for _ in 0..5 {
+        assert!(allowed(&w, "9.9.9.9:1", &[]));
+    }
+    assert!(!allowed(&w, "9.9.9.9:1", &[]));
+    // The same limit after an update (another rule edited, say): the
+    // client is still over it.
+    let same = updated(&v1, &rule(5));
+    assert!(!allowed(&same.start_worker(), "9.9.9.9:1", &[]));
+    // The limit raised to 10 an hour during an incident: the client gets
+    // the new limit at once, as with Envoy's local_ratelimit. On the old
+    // keys its debt of an hour covered the new burst and 8 of 8 were 429.
+    let raised = updated(&v1, &rule(10));
+    let w = raised.start_worker();
+    for _ in 0..10 {
+        assert!(allowed(&w, "9.9.9.9:1", &[]));
+    }
+    assert!(!allowed(&w, "9.9.9.9:1", &[]));
+}
+
 #[test]
 fn shadow_mode_lets_everything_through_and_counts() {
     let host = host(
