@@ -116,6 +116,7 @@ impl LoadBalancer {
     /// shared table when no VM has yet, so the first request finds it.
     pub fn new(config: Config, setup: &Setup) -> Self {
         let store = Store::new(config, &setup.plugin_name, setup.config_hash);
+        store.carry_over();
         let c = &store.config;
         let discovery_job = c.discovery.as_ref().map(|d| {
             Rc::new(Job::new(

@@ -29,6 +29,9 @@ pub struct Store {
     /// The stage's metrics (defined once per VM).
     pub stats: Stats,
     prefix: String,
+    /// The plugin's keys above every configuration's prefix.
+    plugin_prefix: String,
+    config_hash: u64,
     table: SharedValue<Postcard<Table>>,
     version: SharedValue<u64>,
     /// Per slot: the last load record this VM wrote, to skip redundant writes.
@@ -41,10 +44,16 @@ pub struct Store {
     published_here: std::cell::Cell<bool>,
 }
 
+/// The keys of one configuration of a plugin.
+fn config_prefix(plugin_prefix: &str, config_hash: u64) -> String {
+    format!("{plugin_prefix}/{config_hash:016x}")
+}
+
 impl Store {
     /// The store of plugin `plugin` with configuration hash `config_hash`.
     pub fn new(config: Config, plugin: &str, config_hash: u64) -> Store {
-        let prefix = format!("switchyard/load-balancer/{plugin}/{config_hash:016x}");
+        let plugin_prefix = format!("switchyard/load-balancer/{plugin}");
+        let prefix = config_prefix(&plugin_prefix, config_hash);
         let slots = config.max_endpoints as usize;
         Store {
             table: SharedValue::new(format!("{prefix}/table")),
@@ -54,11 +63,58 @@ impl Store {
             health: RefCell::new(vec![None; slots]),
             published_here: std::cell::Cell::new(false),
             prefix,
+            plugin_prefix,
+            config_hash,
             config,
         }
     }
 
-    /// A key under this plugin's prefix, e.g. `job/weights`.
+    /// A new configuration of the plugin (an ECDS or listener update) takes
+    /// over the endpoint state of the one before: its table is the previous
+    /// configuration's table reconciled with the new endpoints, so an
+    /// endpoint in both keeps its slot, weights and ejection (Envoy's
+    /// outlier detection keeps a host's ejection across an EDS update; a
+    /// fresh table let an ejected endpoint take traffic again, and a return
+    /// to an earlier configuration revived that one's stale table). Called
+    /// when the configuration loads; the first VM to see it does the work.
+    pub fn carry_over(&self) {
+        let latest: SharedValue<u64> = SharedValue::new(format!("{}/latest", self.plugin_prefix));
+        let previous = match latest.get() {
+            Ok(v) => v.map(|v| *v),
+            Err(e) => {
+                log::debug!("{FILTER}: reading the latest configuration: {e}");
+                return;
+            }
+        };
+        if previous == Some(self.config_hash) {
+            return;
+        }
+        let seed = previous.and_then(|h| {
+            let key = format!("{}/table", config_prefix(&self.plugin_prefix, h));
+            SharedValue::<Postcard<Table>>::new(key)
+                .get()
+                .ok()
+                .flatten()
+        });
+        if let Some(seed) = seed {
+            let (specs, _) = table::desired(&self.config, &[], self.config.max_endpoints as usize);
+            let mut next = table::reconcile(&seed.0, &specs);
+            let r = self.update_table(|cur| {
+                // Readers compare versions for equality: never reuse one.
+                next.version = next.version.max(cur.map_or(0, |c| c.version) + 1);
+                Update::Write(next.clone(), ())
+            });
+            if let Err(e) = r {
+                log::warn!("{FILTER}: carrying the endpoint table over: {e}");
+                return;
+            }
+        }
+        if let Err(e) = latest.set(&self.config_hash) {
+            log::debug!("{FILTER}: recording the latest configuration: {e}");
+        }
+    }
+
+    /// A key under this configuration's prefix, e.g. `job/weights`.
     pub fn key(&self, name: &str) -> String {
         format!("{}/{name}", self.prefix)
     }

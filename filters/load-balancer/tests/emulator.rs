@@ -195,6 +195,38 @@ fn consecutive_failures_on_two_workers_eject() {
     assert!(picks.iter().any(|p| p == B), "{picks:?}");
 }
 
+#[test]
+fn a_configuration_update_keeps_an_endpoints_ejection() {
+    let config = |eps: &[&str]| {
+        let eps: Vec<String> = eps
+            .iter()
+            .map(|a| format!(r#"{{"address":"{a}"}}"#))
+            .collect();
+        format!(
+            r#"{{"policy":"round_robin","endpoints":[{}],
+                "passive_health":{{"consecutive_failures":3,"base_ejection_ms":60000}}}}"#,
+            eps.join(",")
+        )
+    };
+    let v1 = Host::new(INIT).plugin_config(config(&[A, B])).build();
+    let w = v1.start_worker();
+    for _ in 0..3 {
+        let (s, _) = request(&w, &[]);
+        respond(&s, B, "503", None);
+    }
+    assert_eq!(metric(&v1, "ejections"), 1);
+    // An update adds C: new VMs, the process's shared data and clock.
+    let v2 = Host::new(INIT).plugin_config(config(&[A, B, C])).build();
+    v2.inherit(&v1);
+    let w = v2.start_worker();
+    w.tick();
+    let picks: Vec<String> = (0..30).map(|_| first(&request(&w, &[]).1)).collect();
+    // B stays ejected for its 60 s; on the old per-configuration table it
+    // took a third of the picks again at once.
+    assert!(!picks.iter().any(|p| p == B), "{picks:?}");
+    assert!(picks.iter().any(|p| p == C), "{picks:?}");
+}
+
 // The two tests below list A alone: every pick is A, so every answer is
 // A's own (an answer from A to a pick of B would count against B, the
 // earlier host; VMs start their weighted order at random points).

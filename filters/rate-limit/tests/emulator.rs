@@ -118,12 +118,7 @@ fn workers_share_one_bucket_and_time_refills_it() {
 /// config update: new VMs, the same shared data and clock).
 fn updated(old: &Host, config: &str) -> Host {
     let new = host(config);
-    new.set_time(old.now());
-    for key in old.shared_keys_ending("") {
-        if let Some((value, _)) = old.shared_data(&key) {
-            new.set_shared_data(&key, value);
-        }
-    }
+    new.inherit(old);
     new
 }
 

@@ -451,6 +451,18 @@ impl Host {
         cas
     }
 
+    /// Takes over `old`'s shared data and clock: the same Envoy process
+    /// after a configuration update (new VMs, and the shared data Envoy
+    /// keeps for the process's life). Call before starting workers.
+    pub fn inherit(&self, old: &Host) {
+        self.set_time(old.now());
+        for key in old.shared_keys_ending("") {
+            if let Some((value, _)) = old.shared_data(&key) {
+                self.set_shared_data(&key, value);
+            }
+        }
+    }
+
     /// How many `proxy_set_shared_data` calls returned `CasMismatch` so far.
     pub fn cas_mismatches(&self) -> u64 {
         self.state().cas_mismatches
