@@ -208,16 +208,18 @@ impl DomainRouter {
                 .control
                 .as_ref()
                 .map_or("", |c| c.cluster.as_str());
+            // Counted, and said at most once per poll interval process-wide.
+            let failed = |why: std::fmt::Arguments| {
+                core.metrics.poll_errors.inc();
+                log::warn!("{FILTER}: the control endpoint (cluster {cluster}) {why}");
+            };
             match result {
                 // Only a 200 carries a whole table (a 204 has none, a 206
                 // a part of one).
-                Ok(resp) if resp.status != 200 => {
-                    core.metrics.poll_errors.inc();
-                    log::warn!(
-                        "{FILTER}: the control endpoint (cluster {cluster}) answered {} without a table: only 200 carries one",
-                        resp.status
-                    );
-                }
+                Ok(resp) if resp.status != 200 => failed(format_args!(
+                    "answered {} without a table: only 200 carries one",
+                    resp.status
+                )),
                 Ok(resp) => {
                     let etag = resp
                         .header("etag")
@@ -244,24 +246,20 @@ impl DomainRouter {
                 Err(CalloutError::Status(r)) if r.status == 304 && conditional => {
                     log::debug!("{FILTER}: table not modified");
                 }
+                // Not Modified, to a request without If-None-Match: there is
+                // no table to keep, so requests stay unrouted.
                 Err(CalloutError::Status(r)) if r.status == 304 => {
-                    // Not Modified, to a request without If-None-Match: there
-                    // is no table to keep, so requests stay unrouted.
-                    core.metrics.poll_errors.inc();
-                    log::warn!(
-                        "{FILTER}: the control endpoint (cluster {cluster}) answered 304 to an unconditional poll: no table yet"
-                    );
+                    failed(format_args!(
+                        "answered 304 to an unconditional poll: no table yet"
+                    ));
                 }
                 Err(e) => {
-                    core.metrics.poll_errors.inc();
                     let hint = if matches!(e, CalloutError::NoResponse) {
                         "; an answer over 32 MiB (Envoy's limit for a callout) also ends so"
                     } else {
                         ""
                     };
-                    log::warn!(
-                        "{FILTER}: polling the control endpoint (cluster {cluster}) failed: {e}{hint}"
-                    );
+                    failed(format_args!("failed a poll: {e}{hint}"));
                 }
             }
         });

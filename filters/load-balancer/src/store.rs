@@ -97,8 +97,7 @@ impl Store {
                 .flatten()
         });
         if let Some(seed) = seed {
-            let (specs, _) = table::desired(&self.config, &[], self.config.max_endpoints as usize);
-            let mut next = table::reconcile(&seed.0, &specs);
+            let mut next = table::reconcile(&seed.0, &self.configured_specs());
             let r = self.update_table(|cur| {
                 // Readers compare versions for equality: never reuse one.
                 next.version = next.version.max(cur.map_or(0, |c| c.version) + 1);
@@ -142,12 +141,19 @@ impl Store {
         }
     }
 
-    fn init_table(&self) {
+    /// The configured endpoints, as a table is built from them (those over
+    /// `max_endpoints` dropped, with a warning).
+    fn configured_specs(&self) -> Vec<table::Spec> {
         let (specs, dropped) =
             table::desired(&self.config, &[], self.config.max_endpoints as usize);
         if dropped > 0 {
             log::warn!("{FILTER}: {dropped} endpoints over max_endpoints dropped");
         }
+        specs
+    }
+
+    fn init_table(&self) {
+        let specs = self.configured_specs();
         let r = self.update_table(|cur| match cur {
             Some(_) => Update::Keep(()),
             None => Update::Write(table::reconcile(&Table::default(), &specs), ()),

@@ -91,6 +91,36 @@ pub struct Limit {
 /// The longest limit name a pre-check record keeps, bytes.
 pub const MAX_HELD_NAME: usize = 64;
 
+impl Limit {
+    /// The service's `current_limit`; `None` without a known unit.
+    fn of(l: &rate_limit_response::RateLimit) -> Option<Limit> {
+        Some(Limit {
+            requests: l.requests_per_unit,
+            window_secs: u32::try_from(unit_secs(l.unit)?).unwrap_or(u32::MAX),
+            name: l.name.clone(),
+        })
+    }
+
+    /// The RateLimit numbers under this limit for rule `rule` (the limit's
+    /// own name when it has one): `remaining` now, `reset_secs` until the
+    /// window resets, and whether the request is over it (a rejection's
+    /// `retry-after`).
+    fn quota(&self, rule: &str, remaining: u64, reset_secs: u64, over: bool) -> Quota {
+        Quota {
+            name: if self.name.is_empty() {
+                rule.to_string()
+            } else {
+                self.name.clone()
+            },
+            quota: u64::from(self.requests),
+            window_secs: u64::from(self.window_secs),
+            remaining,
+            reset_secs,
+            retry_after_secs: if over { reset_secs.max(1) } else { 0 },
+        }
+    }
+}
+
 /// A pre-check slot's value in shared data (24 bytes and the limit's name):
 /// the descriptor's fingerprint, until when it is held (host clock, ns),
 /// and the service's limit (window 0 when it gave none), for the RateLimit
@@ -133,23 +163,11 @@ impl HoldRecord {
     /// rule named `rule` (the name when the service's limit has none), as
     /// the service's own rejection gave them; `None` when it gave no limit.
     pub fn quota(&self, rule: &str, now_ns: u64) -> Option<Quota> {
-        let l = &self.limit;
-        if l.window_secs == 0 {
+        if self.limit.window_secs == 0 {
             return None;
         }
         let reset_secs = ceil_secs(self.until_ns.saturating_sub(now_ns)).max(1);
-        Some(Quota {
-            name: if l.name.is_empty() {
-                rule.to_string()
-            } else {
-                l.name.clone()
-            },
-            quota: u64::from(l.requests),
-            window_secs: u64::from(l.window_secs),
-            remaining: 0,
-            reset_secs,
-            retry_after_secs: reset_secs,
-        })
+        Some(self.limit.quota(rule, 0, reset_secs, true))
     }
 }
 
@@ -182,16 +200,11 @@ pub fn over_limit_until(resp: &RateLimitResponse, checks: &[GlobalCheck]) -> Vec
         .filter(|(_, (c, s))| c.mode == Mode::Enforce && s.code == Code::OverLimit as i32)
         .filter_map(|(i, (_, s))| {
             let ns = reset_ns(s.duration_until_reset.as_ref()?);
-            let limit = s.current_limit.as_ref().and_then(|l| {
-                Some(Limit {
-                    requests: l.requests_per_unit,
-                    window_secs: u32::try_from(unit_secs(l.unit)?).unwrap_or(u32::MAX),
-                    name: if l.name.len() <= MAX_HELD_NAME {
-                        l.name.clone()
-                    } else {
-                        String::new()
-                    },
-                })
+            let limit = s.current_limit.as_ref().and_then(Limit::of).map(|mut l| {
+                if l.name.len() > MAX_HELD_NAME {
+                    l.name.clear();
+                }
+                l
             });
             let cap_secs = limit
                 .as_ref()
@@ -237,8 +250,8 @@ fn unit_secs(unit: i32) -> Option<u64> {
 }
 
 fn quota(name: &str, status: &rate_limit_response::DescriptorStatus) -> Option<Quota> {
-    let limit = status.current_limit.as_ref()?;
-    let window_secs = unit_secs(limit.unit)?;
+    let limit = Limit::of(status.current_limit.as_ref()?)?;
+    let window_secs = u64::from(limit.window_secs);
     // A window resets within its unit: a longer answer is capped (and an
     // absurd one no longer wraps around to a short `retry-after`).
     let reset_secs = status
@@ -247,18 +260,7 @@ fn quota(name: &str, status: &rate_limit_response::DescriptorStatus) -> Option<Q
         .map(|d| ceil_secs(reset_ns(d)).min(window_secs))
         .unwrap_or(window_secs);
     let over = status.code == rate_limit_response::Code::OverLimit as i32;
-    Some(Quota {
-        name: if limit.name.is_empty() {
-            name.to_string()
-        } else {
-            limit.name.clone()
-        },
-        quota: u64::from(limit.requests_per_unit),
-        window_secs,
-        remaining: u64::from(status.limit_remaining),
-        reset_secs,
-        retry_after_secs: if over { reset_secs.max(1) } else { 0 },
-    })
+    Some(limit.quota(name, u64::from(status.limit_remaining), reset_secs, over))
 }
 
 /// Reads the answer to [`request`]`(_, checks)`. As in Envoy, anything but
