@@ -992,6 +992,23 @@ impl Backend {
         })
     }
 
+    /// Another endpoint of the same server: a new `127.0.0.1` port whose
+    /// requests share this one's slots (one queue), knobs, reports and
+    /// counters, as several listeners of one process do. The new port has
+    /// its own [`Backend::crash`] and no antagonist of its own.
+    pub async fn another_port(&self) -> anyhow::Result<Backend> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("bind backend listener on 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        Ok(Backend {
+            addr,
+            shared: self.shared.clone(),
+            task: Some(serve_task(listener, self.shared.clone())),
+            antagonist: None,
+        })
+    }
+
     /// Crashes the backend: the port closes and every connection drops
     /// (requests in flight get a reset, new ones a refused connection).
     pub async fn crash(&mut self) {
@@ -1426,6 +1443,35 @@ mod tests {
         assert_eq!((s.in_flight, s.busy, s.queued), (0, 0, 0));
         // 12 requests, 2 at a time, 100 ms each: at least 600 ms.
         assert!(report.elapsed >= Duration::from_millis(590), "{report:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_port_shares_the_slots() {
+        let b = Backend::start(BackendSpec::new("pool").capacity(2).latency_ms(100))
+            .await
+            .unwrap();
+        let c = b.another_port().await.unwrap();
+        assert_ne!(b.addr(), c.addr());
+        let (tb, tc) = (
+            Traffic::new(b.addr(), Load::count(4, 2)),
+            Traffic::new(c.addr(), Load::count(4, 2)),
+        );
+        let (rb, rc) = tokio::join!(tb.run(), tc.run());
+        let (rb, rc) = (rb.unwrap(), rc.unwrap());
+        assert_eq!(rb.status_count(200) + rc.status_count(200), 8);
+        let s = b.stats();
+        // One set of counters and slots: 4 at a time sent, 2 served.
+        assert_eq!(s.requests, 8);
+        assert!(s.max_busy <= 2 && s.max_in_flight > 2, "{s:?}");
+        // 8 requests, 2 at a time, 100 ms each: at least 400 ms for the
+        // later of the two ports (apart, each would take 200 ms).
+        let longest = rb.elapsed.max(rc.elapsed);
+        assert!(longest >= Duration::from_millis(390), "{rb:?} {rc:?}");
+        // Its own port: crashing one leaves the other serving.
+        let mut c = c;
+        c.crash().await;
+        let resp = traffic::get(b.addr(), "svc", "/", &[]).await.unwrap();
+        assert_eq!(resp.status, 200);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

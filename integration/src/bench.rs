@@ -121,6 +121,8 @@ pub struct BenchConfig {
     pub lb_service_ms: u64,
     /// Log-normal service times with this p99, ms (median `lb_service_ms`).
     pub lb_service_p99_ms: Option<u64>,
+    /// How the matrix's clients space their sends.
+    pub lb_arrivals: crate::lb_matrix::ArrivalKind,
 }
 
 impl Default for BenchConfig {
@@ -140,6 +142,7 @@ impl Default for BenchConfig {
             lb_extra_policies: Vec::new(),
             lb_service_ms: crate::lb_matrix::MatrixConfig::default().latency_ms,
             lb_service_p99_ms: None,
+            lb_arrivals: crate::lb_matrix::MatrixConfig::default().arrivals,
         }
     }
 }
@@ -364,6 +367,7 @@ async fn run_load(
             rate_per_sec,
             duration: cfg.open_loop_duration,
             max_in_flight: 256,
+            arrivals: crate::traffic::Arrivals::Paced,
         },
     )
     .spec(spec)
@@ -1116,6 +1120,7 @@ pub async fn run_and_write(cfg: &BenchConfig, out: &std::path::Path) -> Result<(
         extra_policies: cfg.lb_extra_policies.clone(),
         latency_ms: cfg.lb_service_ms,
         service_p99_ms: cfg.lb_service_p99_ms,
+        arrivals: cfg.lb_arrivals,
         ..Default::default()
     };
     let lb = if cfg.only.is_empty() || cfg.only.iter().any(|o| o == "lb-matrix") {

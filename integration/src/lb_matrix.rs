@@ -21,12 +21,23 @@
 //! Every policy runs behind the same route (retries on connect failure and
 //! reset, 2 of them) and the same passive health (3 consecutive failures
 //! eject for 1 s).
+//!
+//! Beside the policies, every scenario but `d` measures its floor
+//! ([`FLOOR_POLICY`]): the same proxies in front of three endpoints that
+//! lead to one server with all the slots, a single queue that any free
+//! slot serves next (round robin over the three ports, so connections and
+//! paths are as for the policies). No dispatcher that sends each request
+//! to one of several backends as it arrives can have a lower p99 than that
+//! pooled queue with the same traffic (resource pooling: a pooled M/G/c
+//! queue never idles a slot while a request waits, split queues can); a
+//! floor above the goal says the goal is out of every policy's reach in
+//! that run.
 
 use crate::backend::{Backend, BackendSpec, Latency, OrcaFormat};
 use crate::bench::{BASE, ENDPOINTS, Role, Variant, median_f, start_variant, wasm_filter};
 use crate::envoy::Envoy;
 use crate::scenario::html::{Line, Mark, PALETTE, Style, YAxis, chart, esc};
-use crate::traffic::{Load, RequestSpec, Sample, Traffic, TrafficReport};
+use crate::traffic::{Arrivals, Load, RequestSpec, Sample, Traffic, TrafficReport};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -39,6 +50,13 @@ use std::time::{Duration, Instant};
 /// Prequal's rule when that order names a full endpoint; the A58 line
 /// shows what `auto` is without such reports.
 pub const DEFAULT_POLICY: &str = "switchyard auto (default)";
+
+/// The reference row: three endpoints of one server with every slot of the
+/// scenario's three backends (see the module docs).
+pub const FLOOR_POLICY: &str = "floor: one queue for all the slots";
+
+/// The floor's backend.
+const POOL: &str = "pool";
 
 /// The backends' names, smallest first.
 pub const BACKENDS: [&str; 3] = ["x1", "x2", "x4"];
@@ -54,6 +72,8 @@ pub struct MatrixConfig {
     /// When set (and above `latency_ms`): service times vary, log-normal
     /// with median `latency_ms` and this 99th percentile, ms.
     pub service_p99_ms: Option<u64>,
+    /// How each proxy's client spaces its sends.
+    pub arrivals: ArrivalKind,
     /// Slots of the smallest backend (the others have 2× and 4×).
     pub unit_capacity: usize,
     /// Offered load in `a`, `b` and `d`, as a share of the total capacity.
@@ -95,6 +115,7 @@ impl Default for MatrixConfig {
             // that core more than the balancing (BENCHMARKS.md, tenth session).
             latency_ms: 50,
             service_p99_ms: None,
+            arrivals: ArrivalKind::Poisson,
             unit_capacity: 4,
             load_share: 0.7,
             steady: Duration::from_secs(8),
@@ -110,6 +131,28 @@ impl Default for MatrixConfig {
             scenarios: "abcde".into(),
             policies: Vec::new(),
             extra_policies: Vec::new(),
+        }
+    }
+}
+
+/// How the matrix's clients space their sends ([`Arrivals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum ArrivalKind {
+    /// Exactly `1/rate` apart per proxy.
+    Paced,
+    /// A Poisson process per proxy; in one repeat every policy gets the
+    /// same send times (the seed is the repeat's and the proxy's), so the
+    /// policies are compared on the same traffic.
+    Poisson,
+}
+
+impl ArrivalKind {
+    fn arrivals(self, repeat: usize, proxy: usize) -> Arrivals {
+        match self {
+            ArrivalKind::Paced => Arrivals::Paced,
+            ArrivalKind::Poisson => Arrivals::Poisson {
+                seed: (repeat as u64) << 32 | proxy as u64,
+            },
         }
     }
 }
@@ -235,6 +278,7 @@ fn standard_policies() -> Vec<Variant> {
             "envoy random",
             include_str!("../templates/bench/native-random.yaml"),
         ),
+        builtin(FLOOR_POLICY, ""),
     ]
 }
 
@@ -313,11 +357,17 @@ impl MatrixConfig {
     }
 }
 
-/// Starts the three backends of the matrix.
-async fn backends(cfg: &MatrixConfig, grpc: bool) -> Result<Vec<Backend>> {
+/// Starts the three backends of the matrix, or for the floor three ports of
+/// one backend with all their slots.
+async fn backends(cfg: &MatrixConfig, grpc: bool, floor: bool) -> Result<Vec<Backend>> {
     let mut out = Vec::new();
-    for (name, k) in BACKENDS.iter().zip([1, 2, 4]) {
-        let spec = BackendSpec::new(*name)
+    let sizes: &[(&str, usize)] = if floor {
+        &[(POOL, 7)]
+    } else {
+        &[(BACKENDS[0], 1), (BACKENDS[1], 2), (BACKENDS[2], 4)]
+    };
+    for &(name, k) in sizes {
+        let spec = BackendSpec::new(name)
             .latency(cfg.service())
             .capacity(cfg.unit_capacity * k);
         let spec = if grpc {
@@ -326,6 +376,10 @@ async fn backends(cfg: &MatrixConfig, grpc: bool) -> Result<Vec<Backend>> {
             spec.orca(OrcaFormat::Text)
         };
         out.push(Backend::start(spec).await?);
+    }
+    if let (true, Some(pool)) = (floor, out.first()) {
+        let more = [pool.another_port().await?, pool.another_port().await?];
+        out.extend(more);
     }
     Ok(out)
 }
@@ -369,16 +423,18 @@ fn spawn_traffic(
     rate: f64,
     d: Duration,
     grpc: bool,
+    arrivals: impl Fn(usize) -> Arrivals,
 ) -> Result<Vec<tokio::task::JoinHandle<Result<TrafficReport>>>> {
     let n = proxies.len().max(1) as f64;
     let mut tasks = Vec::new();
-    for p in proxies {
+    for (i, p) in proxies.iter().enumerate() {
         let t = Traffic::new(
             p.listener("ingress")?,
             Load::OpenLoop {
                 rate_per_sec: rate / n,
                 duration: d,
                 max_in_flight: 4096,
+                arrivals: arrivals(i),
             },
         );
         let t = if grpc {
@@ -421,10 +477,22 @@ fn spawn_utilization_probe(
     })
 }
 
+/// Whether `scenario` measures `policy`: the floor has no crash to
+/// compare (one backend down would be all of them).
+fn measured(scenario: Scenario, policy: &Variant) -> bool {
+    !(scenario == Scenario::Crash && policy.name == FLOOR_POLICY)
+}
+
 /// Runs one cell once.
-async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> Result<CellRun> {
+async fn run_cell(
+    cfg: &MatrixConfig,
+    scenario: Scenario,
+    policy: &Variant,
+    repeat: usize,
+) -> Result<CellRun> {
     let grpc = scenario == Scenario::Grpc;
-    let mut backends = backends(cfg, grpc).await?;
+    let floor = policy.name == FLOOR_POLICY;
+    let mut backends = backends(cfg, grpc, floor).await?;
     let mut policy = policy.clone();
     if grpc {
         let extra = policy.partials.get("lb_extra").cloned().unwrap_or_default();
@@ -448,11 +516,21 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
     let a = cfg.antagonist_slots;
     let moves = [[0, 0, a], [0, a, 0], [a / 2, 0, a - a / 2]];
     if scenario == Scenario::Antagonist {
-        for (b, s) in backends.iter_mut().zip(moves[0]) {
-            b.set_antagonist(s);
+        if floor {
+            // The pool holds every slot (its ports share them): the
+            // antagonist's moves leave it the same capacity.
+            if let Some(pool) = backends.first_mut() {
+                pool.set_antagonist(a);
+            }
+        } else {
+            for (b, s) in backends.iter_mut().zip(moves[0]) {
+                b.set_antagonist(s);
+            }
         }
     }
-    join(spawn_traffic(&proxies, rate, cfg.warmup, grpc)?).await?;
+    // The warm-up's send times differ from the measurement's (other seeds).
+    let warmup = |i| cfg.arrivals.arrivals(repeat + cfg.repeats, i);
+    join(spawn_traffic(&proxies, rate, cfg.warmup, grpc, warmup)?).await?;
     let length = match scenario {
         Scenario::OneProxy | Scenario::ThreeProxies | Scenario::Grpc => cfg.steady,
         Scenario::Antagonist => cfg.antagonist_period * cfg.antagonist_moves as u32,
@@ -462,10 +540,11 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
     let probe = spawn_utilization_probe(&backends, stop.clone());
     let cpu_before = cpu_seconds(&proxies);
     let start = Instant::now();
-    let traffic = spawn_traffic(&proxies, rate, length, grpc)?;
+    let arrivals = |i| cfg.arrivals.arrivals(repeat, i);
+    let traffic = spawn_traffic(&proxies, rate, length, grpc, arrivals)?;
     let (mut off_ms, mut recovered_at, mut dead_attempts) = (None, None, None);
     match scenario {
-        Scenario::Antagonist => {
+        Scenario::Antagonist if !floor => {
             for k in 1..cfg.antagonist_moves {
                 tokio::time::sleep_until((start + cfg.antagonist_period * k as u32).into()).await;
                 for (b, s) in backends.iter_mut().zip(moves[k % moves.len()]) {
@@ -473,6 +552,8 @@ async fn run_cell(cfg: &MatrixConfig, scenario: Scenario, policy: &Variant) -> R
                 }
             }
         }
+        // No crash for the floor: `run` does not measure one.
+        Scenario::Crash if floor => {}
         Scenario::Crash => {
             tokio::time::sleep_until((start + cfg.crash_after).into()).await;
             let dead = backends[0].addr();
@@ -649,7 +730,7 @@ pub async fn run(cfg: &MatrixConfig, progress: impl Fn(&str)) -> Result<Vec<Cell
         .collect();
     let mut cells: Vec<Cell> = Vec::new();
     for &scenario in &scenarios {
-        for p in &policies {
+        for p in policies.iter().filter(|p| measured(scenario, p)) {
             cells.push(Cell {
                 scenario,
                 policy: p.name.clone(),
@@ -659,7 +740,7 @@ pub async fn run(cfg: &MatrixConfig, progress: impl Fn(&str)) -> Result<Vec<Cell
     }
     for repeat in 0..cfg.repeats {
         for &scenario in &scenarios {
-            for p in &policies {
+            for p in policies.iter().filter(|p| measured(scenario, p)) {
                 progress(&format!(
                     "lb matrix {}/{}: {} · {}",
                     repeat + 1,
@@ -667,7 +748,7 @@ pub async fn run(cfg: &MatrixConfig, progress: impl Fn(&str)) -> Result<Vec<Cell
                     scenario.label(),
                     p.name
                 ));
-                let run = run_cell(cfg, scenario, p).await?;
+                let run = run_cell(cfg, scenario, p, repeat).await?;
                 if let Some(c) = cells
                     .iter_mut()
                     .find(|c| c.scenario == scenario && c.policy == p.name)
@@ -694,7 +775,7 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
     }
     let _ = writeln!(
         out,
-        "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {}, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",
+        "LB quality matrix: backends x1/x2/x4 of {}/{}/{} slots × {}, reports in TEXT headers (utilization and `named_metrics.in_flight`), open-loop with {}; median of {} interleaved repeats, [min–max] beside. Latencies in ms, coordinated-omission corrected.\n",
         cfg.unit_capacity,
         cfg.unit_capacity * 2,
         cfg.unit_capacity * 4,
@@ -706,6 +787,11 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
                 cfg.mean_service_ms()
             ),
             _ => format!("{} ms", cfg.latency_ms),
+        },
+        match cfg.arrivals {
+            ArrivalKind::Paced => "paced sends (exactly 1/rate apart per proxy)",
+            ArrivalKind::Poisson =>
+                "Poisson arrivals (the same send times for every policy of a repeat)",
         },
         cfg.repeats
     );
@@ -735,9 +821,13 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
             let (p99, p99lo, p99hi) = c.stat(|r| r.p99_us as f64);
             let (p999, _, _) = c.stat(|r| r.p999_us as f64);
             let (err, errlo, errhi) = c.stat(|r| r.error_rate);
+            let pooled = c.policy == FLOOR_POLICY;
             let shares = BACKENDS
                 .iter()
                 .map(|b| {
+                    if pooled {
+                        return "—".to_string();
+                    }
                     let (s, _, _) = c.stat(|r| r.shares.get(*b).copied().unwrap_or(0.0));
                     format!("{:.0}%", s * 100.0)
                 })
@@ -746,7 +836,7 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
             let tails = BACKENDS
                 .iter()
                 .map(|b| {
-                    if c.runs.iter().any(|r| !r.backend_p99_us.contains_key(*b)) {
+                    if pooled || c.runs.iter().any(|r| !r.backend_p99_us.contains_key(*b)) {
                         // No successful answer in some repeat: no tail to show.
                         return "—".to_string();
                     }
@@ -800,8 +890,40 @@ pub fn markdown(cells: &[Cell], cfg: &MatrixConfig, default_policy: &str) -> Str
         for policy in ours {
             let _ = writeln!(out, "{}\n", verdict(scenario, &row, policy));
         }
+        if let Some(f) = floor_verdict(scenario, &row) {
+            let _ = writeln!(out, "{f}\n");
+        }
     }
     out
+}
+
+/// What the floor says of the goal in `scenario`: the lowest ratio to the
+/// best built-in any policy could have had in these runs.
+fn floor_verdict(scenario: Scenario, row: &[&Cell]) -> Option<String> {
+    let goal = match scenario {
+        Scenario::OneProxy => 1.1,
+        Scenario::ThreeProxies | Scenario::Antagonist | Scenario::Grpc => 0.8,
+        Scenario::Crash => return None,
+    };
+    let p99 = |c: &Cell| c.stat(|r| r.p99_us as f64).0;
+    let floor = row
+        .iter()
+        .find(|c| c.policy == FLOOR_POLICY && !c.runs.is_empty())?;
+    let best = row
+        .iter()
+        .filter(|c| c.policy.starts_with("envoy") && !c.runs.is_empty())
+        .min_by(|a, b| p99(a).total_cmp(&p99(b)))?;
+    let ratio = p99(floor) / p99(best).max(1.0);
+    Some(format!(
+        "The floor (one queue for all the slots): p99 {}, {:.2}× the best built-in's: {}.",
+        ms(p99(floor)),
+        ratio,
+        if ratio <= goal {
+            format!("the goal (≤ {goal}×) is within a policy's reach here")
+        } else {
+            format!("no policy could reach the goal (≤ {goal}×) in these runs")
+        }
+    ))
 }
 
 /// The LB-quality issue's acceptance for `policy` in `scenario`.
@@ -1052,5 +1174,86 @@ mod tests {
         let p99 = backend_p99(&refs);
         assert_eq!(p99.get("x1"), Some(&99_000));
         assert_eq!(p99.get("x4"), Some(&5_000));
+    }
+
+    fn cell(scenario: Scenario, policy: &str, p99_ms: u64) -> Cell {
+        let run = CellRun {
+            requests: 100,
+            errors: 0,
+            error_rate: 0.0,
+            p50_us: 50_000,
+            p99_us: p99_ms * 1000,
+            p999_us: p99_ms * 1000,
+            shares: BTreeMap::new(),
+            backend_p99_us: BTreeMap::new(),
+            proxy_cores: None,
+            off_ms: None,
+            back_ms: None,
+            dead_attempts: None,
+            timeline: Vec::new(),
+        };
+        Cell {
+            scenario,
+            policy: policy.into(),
+            runs: vec![run],
+        }
+    }
+
+    #[test]
+    fn the_floor_says_whether_any_policy_could_reach_the_goal() {
+        let verdict = |floor_ms, builtin_ms| {
+            let b = Scenario::ThreeProxies;
+            let cells = [
+                cell(b, DEFAULT_POLICY, 60),
+                cell(b, "envoy client_side_weighted_round_robin", builtin_ms),
+                cell(b, "envoy round_robin", 400),
+                cell(b, FLOOR_POLICY, floor_ms),
+            ];
+            let row: Vec<&Cell> = cells.iter().collect();
+            floor_verdict(b, &row).unwrap()
+        };
+        // 68 / 75 = 0.91: not even the pooled queue gets to 0.8×.
+        assert!(verdict(68, 75).contains("0.91× the best built-in's: no policy could reach"));
+        assert!(verdict(55, 70).contains("0.79× the best built-in's: the goal (≤ 0.8×) is within"));
+        // The floor is no built-in: it never is the yardstick itself.
+        let b = Scenario::ThreeProxies;
+        let cells = [
+            cell(b, DEFAULT_POLICY, 60),
+            cell(b, FLOOR_POLICY, 50),
+            cell(b, "envoy random", 90),
+        ];
+        let row: Vec<&Cell> = cells.iter().collect();
+        assert!(verdict_of(&row).contains("envoy random"));
+        // No floor row (or the crash scenario): nothing to say.
+        assert_eq!(floor_verdict(b, &row[..1]), None);
+        assert_eq!(floor_verdict(Scenario::Crash, &row), None);
+    }
+
+    fn verdict_of(row: &[&Cell]) -> String {
+        verdict(Scenario::ThreeProxies, row, DEFAULT_POLICY)
+    }
+
+    #[test]
+    fn every_scenario_but_the_crash_measures_the_floor() {
+        let all = policies(&MatrixConfig::default()).unwrap();
+        let floor = all.iter().find(|p| p.name == FLOOR_POLICY).unwrap();
+        for s in Scenario::ALL {
+            assert_eq!(measured(s, floor), s != Scenario::Crash, "{s:?}");
+            assert!(
+                all.iter()
+                    .filter(|p| p.name != FLOOR_POLICY)
+                    .all(|p| measured(s, p))
+            );
+        }
+    }
+
+    #[test]
+    fn every_policy_of_a_repeat_gets_the_same_send_times() {
+        let a = ArrivalKind::Poisson;
+        assert_eq!(a.arrivals(1, 2), a.arrivals(1, 2));
+        // Each proxy and each repeat its own process.
+        assert_ne!(a.arrivals(1, 2), a.arrivals(1, 1));
+        assert_ne!(a.arrivals(1, 2), a.arrivals(2, 2));
+        assert_eq!(ArrivalKind::Paced.arrivals(1, 2), Arrivals::Paced);
     }
 }

@@ -164,6 +164,10 @@ enum Command {
         /// --lb-service-ms and this 99th percentile, ms.
         #[arg(long)]
         lb_service_p99_ms: Option<u64>,
+        /// How the matrix's clients space their sends: a Poisson process
+        /// (many independent clients) or paced exactly 1/rate apart.
+        #[arg(long, value_enum, default_value_t = switchyard_integration::lb_matrix::MatrixConfig::default().arrivals)]
+        lb_arrivals: switchyard_integration::lb_matrix::ArrivalKind,
         /// An extra Switchyard policy for the matrix, `NAME=JSON` (JSON
         /// merged over the matrix's load-balancer configuration), to try a
         /// change against the others.
@@ -338,6 +342,7 @@ async fn real_main() -> Result<ExitCode> {
             lb_policies,
             lb_service_ms,
             lb_service_p99_ms,
+            lb_arrivals,
             lb_extra_policy,
             instructions,
             instruction_requests,
@@ -363,6 +368,7 @@ async fn real_main() -> Result<ExitCode> {
                 lb_extra_policies,
                 lb_service_ms,
                 lb_service_p99_ms,
+                lb_arrivals,
                 ..bench::BenchConfig::default()
             };
             if instructions {

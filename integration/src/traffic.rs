@@ -320,14 +320,31 @@ pub enum Load {
         concurrency: usize,
         duration: Duration,
     },
-    /// Sends scheduled every `1/rate_per_sec` from the start for `duration`.
-    /// At most `max_in_flight` outstanding; a send due while at the cap is
-    /// skipped and counted in [`TrafficReport::dropped`].
+    /// Sends due at `rate_per_sec` on average from the start for `duration`,
+    /// spaced as `arrivals` says. At most `max_in_flight` outstanding; a
+    /// send due while at the cap is skipped and counted in
+    /// [`TrafficReport::dropped`].
     OpenLoop {
         rate_per_sec: f64,
         duration: Duration,
         max_in_flight: usize,
+        arrivals: Arrivals,
     },
+}
+
+/// How an open loop spaces its sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arrivals {
+    /// Exactly `1/rate` apart (wrk2's schedule): one client with a timer.
+    #[default]
+    Paced,
+    /// Exponential gaps of mean `1/rate` (a Poisson process), from a
+    /// generator seeded with `seed` so that runs given the same seed send at
+    /// the same moments. What many independent clients add up to
+    /// (Palm–Khintchine theorem); the open-system model of Schroeder,
+    /// Wierman and Harchol-Balter, "Open Versus Closed: A Cautionary Tale"
+    /// (NSDI 2006).
+    Poisson { seed: u64 },
 }
 
 impl Load {
@@ -340,11 +357,13 @@ impl Load {
             duration,
         }
     }
+    /// Paced open loop ([`Arrivals::Paced`]).
     pub fn open_loop(rate_per_sec: f64, duration: Duration, max_in_flight: usize) -> Self {
         Load::OpenLoop {
             rate_per_sec,
             duration,
             max_in_flight,
+            arrivals: Arrivals::Paced,
         }
     }
 }
@@ -602,13 +621,15 @@ impl Traffic {
                 rate_per_sec,
                 duration,
                 max_in_flight,
+                arrivals,
             } => {
                 ensure!(
                     rate_per_sec.is_finite() && rate_per_sec > 0.0,
                     "rate must be > 0"
                 );
                 ensure!(max_in_flight > 0, "max_in_flight must be > 0");
-                run_open_loop(&ctx, rate_per_sec, duration, max_in_flight, &mut agg).await?;
+                let schedule = Schedule::new(rate_per_sec, arrivals)?;
+                run_open_loop(&ctx, schedule, duration, max_in_flight, &mut agg).await?;
             }
         }
         let elapsed = ctx.start.elapsed();
@@ -731,10 +752,48 @@ async fn run_workers(
     first_err.map_or(Ok(()), Err)
 }
 
-/// Open loop: send `i` is due at `start + i / rate`; latency counts from then.
+/// When an open loop's sends are due, as offsets from its start (s).
+struct Schedule {
+    rate: f64,
+    poisson: Option<(rand::rngs::StdRng, rand_distr::Exp<f64>)>,
+    next: f64,
+}
+
+impl Schedule {
+    fn new(rate: f64, arrivals: Arrivals) -> anyhow::Result<Self> {
+        use rand::SeedableRng as _;
+        let poisson = match arrivals {
+            Arrivals::Paced => None,
+            Arrivals::Poisson { seed } => Some((
+                rand::rngs::StdRng::seed_from_u64(seed),
+                rand_distr::Exp::new(rate).map_err(|e| anyhow!("rate {rate}: {e}"))?,
+            )),
+        };
+        Ok(Schedule {
+            rate,
+            poisson,
+            next: 0.0,
+        })
+    }
+
+    /// The offset of send `i`; called with `i` = 0, 1, 2, …
+    fn offset(&mut self, i: u64) -> f64 {
+        use rand_distr::Distribution as _;
+        match &mut self.poisson {
+            None => i as f64 / self.rate,
+            Some((rng, exp)) => {
+                self.next += exp.sample(rng);
+                self.next
+            }
+        }
+    }
+}
+
+/// Open loop: send `i` is due at `start + schedule.offset(i)`; latency
+/// counts from then.
 async fn run_open_loop(
     ctx: &Arc<Ctx>,
-    rate: f64,
+    mut schedule: Schedule,
     duration: Duration,
     max_in_flight: usize,
     agg: &mut Agg,
@@ -745,7 +804,7 @@ async fn run_open_loop(
     let mut first_err: Option<anyhow::Error> = None;
     let mut i: u64 = 0;
     loop {
-        let offset = i as f64 / rate;
+        let offset = schedule.offset(i);
         if offset >= dur {
             break;
         }
@@ -924,6 +983,39 @@ impl Agg {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn paced_sends_are_exactly_one_over_the_rate_apart() {
+        let mut s = Schedule::new(200.0, Arrivals::Paced).unwrap();
+        let got: Vec<f64> = (0..4).map(|i| s.offset(i)).collect();
+        assert_eq!(got, [0.0, 0.005, 0.01, 0.015]);
+    }
+
+    #[test]
+    fn poisson_sends_have_the_rate_and_exponential_gaps() {
+        let offsets = |seed| {
+            let mut s = Schedule::new(200.0, Arrivals::Poisson { seed }).unwrap();
+            (0..20_000).map(|i| s.offset(i)).collect::<Vec<f64>>()
+        };
+        let a = offsets(7);
+        assert_eq!(a, offsets(7), "same seed, same send times");
+        assert_ne!(a[..10], offsets(8)[..10]);
+        let gaps: Vec<f64> = std::iter::once(a[0])
+            .chain(a.windows(2).map(|w| w[1] - w[0]))
+            .collect();
+        assert!(gaps.iter().all(|g| *g >= 0.0));
+        let n = gaps.len() as f64;
+        let mean = gaps.iter().sum::<f64>() / n;
+        let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n).sqrt();
+        // Mean 1/rate; an exponential's standard deviation equals its mean
+        // (paced gaps have none). Seeded: the same numbers every run.
+        assert!((mean - 0.005).abs() < 0.000_15, "mean gap {mean}");
+        assert!((sd / mean - 1.0).abs() < 0.05, "cv {}", sd / mean);
+        // A gap of over 4 mean gaps: e^-4 = 1.8 % of them.
+        let long = gaps.iter().filter(|g| **g > 0.02).count() as f64 / n;
+        assert!((0.013..0.024).contains(&long), "{long}");
+    }
+
     use super::*;
     use crate::backend::{Backend, BackendSpec};
 
