@@ -26,12 +26,14 @@
 //! ([`FLOOR_POLICY`]): the same proxies in front of three endpoints that
 //! lead to one server with all the slots, a single queue that any free
 //! slot serves next (round robin over the three ports, so connections and
-//! paths are as for the policies). No dispatcher that sends each request
-//! to one of several backends as it arrives can have a lower p99 than that
-//! pooled queue with the same traffic (resource pooling: a pooled M/G/c
-//! queue never idles a slot while a request waits, split queues can); a
-//! floor above the goal says the goal is out of every policy's reach in
-//! that run.
+//! paths are as for the policies). With fixed service times no dispatcher
+//! that sends each request to one of several backends as it arrives can
+//! start a request sooner than that pooled FIFO queue with the same
+//! traffic (resource pooling: it never idles a slot while a request waits,
+//! split queues can); with varied service times that holds on average. It
+//! runs no wasm filter, so for Switchyard's policies it is a bound with
+//! room to spare. A floor above the goal says the goal is out of every
+//! policy's reach in that run.
 
 use crate::backend::{Backend, BackendSpec, Latency, OrcaFormat};
 use crate::bench::{BASE, ENDPOINTS, Role, Variant, median_f, start_variant, wasm_filter};
