@@ -14,6 +14,13 @@ fn plugin(extra: &str) -> String {
     format!(r#"{{"table": {TABLE}{extra}}}"#)
 }
 
+/// A host running the router with the inline table and `extra` fields.
+fn router(extra: &str) -> Host {
+    Host::new(switchyard_domain_router::init)
+        .plugin_config(plugin(extra))
+        .build()
+}
+
 fn get(
     worker: &Worker,
     host: &str,
@@ -29,9 +36,7 @@ fn get(
 
 #[test]
 fn routes_by_host_and_path_and_applies_rule_edits() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(""))
-        .build();
+    let host = router("");
     let worker = host.start_worker();
     assert!(worker.configured());
 
@@ -75,9 +80,7 @@ fn routes_by_host_and_path_and_applies_rule_edits() {
 
 #[test]
 fn client_cannot_pick_the_cluster() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(r#", "no_match": {"action": "pass_through"}"#))
-        .build();
+    let host = router(r#", "no_match": {"action": "pass_through"}"#);
     let worker = host.start_worker();
     let s = get(
         &worker,
@@ -107,11 +110,9 @@ fn client_cannot_pick_the_cluster() {
 
 #[test]
 fn no_match_answers_the_configured_json() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(
-            r#", "no_match": {"action": "local_reply", "status": 421, "body": {"error": "unknown host"}}"#,
-        ))
-        .build();
+    let host = router(
+        r#", "no_match": {"action": "local_reply", "status": 421, "body": {"error": "unknown host"}}"#,
+    );
     let worker = host.start_worker();
     let stream = worker.http_stream();
     let action = stream.request_headers(
@@ -148,9 +149,7 @@ fn table_routing(host: &str, cluster: &str, version: u64) -> String {
 
 #[test]
 fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(CONTROL))
-        .build();
+    let host = router(CONTROL);
     let w1 = host.start_worker();
     let w2 = host.start_worker();
     assert_eq!(
@@ -255,9 +254,7 @@ fn control_tables_are_polled_by_one_worker_and_seen_by_all() {
 
 #[test]
 fn generations_alternate_between_two_slots() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(CONTROL))
-        .build();
+    let host = router(CONTROL);
     let w = host.start_worker();
     for v in 1..=5u64 {
         host.advance(std::time::Duration::from_millis(1000));
@@ -296,9 +293,7 @@ fn many_hosts(n: usize, cluster: &str) -> String {
 
 #[test]
 fn large_tables_travel_in_chunks_and_a_torn_read_is_retried() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(CONTROL))
-        .build();
+    let host = router(CONTROL);
     let w1 = host.start_worker();
     let w2 = host.start_worker();
     let answer = |v: u64, body: String| {
@@ -359,9 +354,7 @@ fn large_tables_travel_in_chunks_and_a_torn_read_is_retried() {
 
 #[test]
 fn a_304_to_an_unconditional_poll_and_a_206_are_poll_errors() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(CONTROL))
-        .build();
+    let host = router(CONTROL);
     let w = host.start_worker();
     w.tick();
     // Nothing polled before: no If-None-Match, so a 304 keeps nothing. On
@@ -447,9 +440,7 @@ const ROUTER_GET_BUDGET: usize = 6;
 
 #[test]
 fn a_get_stays_within_its_crossing_budget() {
-    let host = Host::new(switchyard_domain_router::init)
-        .plugin_config(plugin(""))
-        .build();
+    let host = router("");
     let worker = host.start_worker();
     let s = get(&worker, "shop.example.com", "/", &[("x-request-id", "r1")]);
     s.response_headers(&[(":status", "200")], false);
